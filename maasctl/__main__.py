@@ -1,0 +1,3 @@
+from maasctl.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""The `maasctl` command line. Command modules are imported inside each command, so `maasctl --help`,
+`serve` and `predict` never pay for torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from maasctl.errors import MaasctlError
+
+EXIT_CODES = "Exit codes: 0 success, 1 a check failed, 2 usage or input error, 3 model or server unavailable."
+
+app = typer.Typer(
+    name="maasctl",
+    help=f"Train a model from a YAML recipe, export it to ONNX, serve it over the Open Inference Protocol. {EXIT_CODES}",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+recipe_app = typer.Typer(help="Show recipes resolved with their defaults, and the recipe schema.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+ARTIFACTS = typer.Option(Path("artifacts"), "--artifacts", envvar="MAASCTL_ARTIFACTS", help="where runs/ and models/ live")
+REPO = typer.Option(Path("artifacts/models"), "--repo", envvar="MAASCTL_REPO", help="model repository folder")
+JSON = typer.Option(False, "--json", help="print exactly one JSON object on stdout (logs go to stderr)")
+SET = typer.Option([], "--set", help="override a recipe key: key.path=value (repeatable)")
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _log(message: str) -> None:
+    _stderr().print(message, markup=False)
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+def train(
+    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the default digits recipe when omitted"),
+    set_: List[str] = SET,
+    name: Optional[str] = typer.Option(None, "--name", help="run folder name (default: the recipe's name)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue the run RUN from its last checkpoint"),
+    artifacts: Path = ARTIFACTS,
+    json_: bool = JSON,
+) -> None:
+    """Train a model; writes artifacts/runs/NAME/ (recipe, checkpoints, metrics.csv, summary.json)."""
+    from maasctl.recipe import dump_recipe, load_recipe
+    from maasctl.fileio import atomic_write_text
+
+    overrides = list(set_) + ([f"train.device={device}"] if device else [])
+    runs_root = artifacts / "runs"
+    if resume:
+        from maasctl.train.rundir import find_run_dir
+        from maasctl.train.trainer import check_resumable
+
+        if recipe is not None:
+            raise MaasctlError("--resume continues a run with its saved recipe; give changes with --set, not a RECIPE file")
+        run_dir = find_run_dir(resume, runs_root)
+        resolved = load_recipe(run_dir / "recipe.yaml", overrides)
+        check_resumable(load_recipe(run_dir / "recipe.yaml"), resolved)
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(resolved))
+    else:
+        resolved = load_recipe(recipe, overrides)
+    from maasctl.train.progress import epoch_reporter
+    from maasctl.train.rundir import create_run_dir
+    from maasctl.train.trainer import Trainer
+
+    trainer = Trainer(resolved)  # data, model and optimizer first: a bad recipe fails before a folder exists
+    if not resume:
+        run_dir = create_run_dir(runs_root, name or resolved.name)
+    _log(f"run folder: {run_dir}")
+    try:
+        with epoch_reporter(_stderr(), resolved.train.epochs) as on_epoch:
+            result = trainer.fit(run_dir, resume=bool(resume), on_epoch=on_epoch)
+    except KeyboardInterrupt:
+        _log(f"interrupted; continue with: maasctl train --resume {run_dir}")
+        raise typer.Exit(130)
+    m = result.metrics
+    _log(f"test accuracy {m['test_accuracy']:.2%} (best epoch {m['best_epoch']}, val accuracy {m['val_accuracy']:.2%})")
+    if json_:
+        _emit_json({"run_dir": str(result.run_dir), "metrics": m})
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="a run name under artifacts/runs, or a run folder path"),
+    name: Optional[str] = typer.Option(None, "--name", help="model name in the repository (default: the recipe's name)"),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset)"),
+    atol: Optional[float] = typer.Option(None, "--atol", help="parity tolerance (default: the recipe's export.atol)"),
+    exporter: str = typer.Option("auto", "--exporter", help="auto (dynamo, falling back to torchscript) | dynamo | torchscript"),
+    artifacts: Path = ARTIFACTS,
+    json_: bool = JSON,
+) -> None:
+    """Export a run's best checkpoint to ONNX, check it against PyTorch, file it as the next model version."""
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise MaasctlError(f"--exporter {exporter!r}: use auto, dynamo or torchscript")
+    from maasctl.export.onnx_export import export_run
+    from maasctl.repository import ModelRepository
+    from maasctl.train.rundir import find_run_dir
+
+    run_dir = find_run_dir(run, artifacts / "runs")
+    result = export_run(run_dir, ModelRepository(artifacts / "models"), name=name, opset=opset, atol=atol, exporter=exporter, log=_log)
+    _log(f"filed {result.name} version {result.version} at {result.path}")
+    if json_:
+        _emit_json(result.to_json())
+
+
+@app.command()
+def serve(
+    repo: Path = REPO,
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 exposes the server to the network"),
+    port: int = typer.Option(8000, "--port"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when onnxruntime has it) | cpu | cuda (refuse to start without it)"),
+    max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body accepted (413 beyond)"),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one log line per request"),
+    drain_seconds: float = typer.Option(30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"),
+) -> None:
+    """Serve every model in the repository over the Open Inference Protocol (KServe v2 REST)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise MaasctlError(f"--device {device!r}: use auto, cpu or cuda")
+    from maasctl.serve.server import serve as run_server
+
+    run_server(str(repo), host, port, device, int(max_body_mb * 1024 * 1024), access_log, drain_seconds)
+
+
+@app.command(help=f"Predict labels for inputs, locally with onnxruntime or through a server. {EXIT_CODES}")
+def predict(
+    model: str = typer.Argument(..., help="repository name, name:version, or a model folder path"),
+    inputs: List[str] = typer.Argument(..., help="image files, or .npy/.json tensors (one sample or a batch)"),
+    url: Optional[str] = typer.Option(None, "--url", help="a running server, e.g. http://127.0.0.1:8000"),
+    repo: Path = REPO,
+    json_: bool = JSON,
+) -> None:
+    from maasctl.predict import LocalTarget, RemoteTarget, predict as run_predict
+
+    target = RemoteTarget(model, url) if url else LocalTarget(model, repo)
+    predictions = run_predict(target, inputs)
+    if json_:
+        _emit_json({"predictions": [p.to_json() for p in predictions]})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("input", "label", "probability")
+    for p in predictions:
+        table.add_row(p.input, p.label, f"{p.probability:.4f}")
+    Console().print(table)
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, what torch and onnxruntime see (CUDA?), and known installation conflicts."""
+    from maasctl.doctor import run_doctor
+
+    raise typer.Exit(run_doctor(_stderr()))
+
+
+@app.command()
+def quickstart(
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="override train.epochs of the default recipe"),
+    samples: int = typer.Option(8, "--samples", help="held-out digits to write as PNG files and predict"),
+    artifacts: Path = ARTIFACTS,
+) -> None:
+    """The whole path on the embedded digits: train the default recipe, export it, predict held-out images."""
+    from maasctl.quickstart import run_quickstart
+
+    run_quickstart(artifacts, epochs, samples, _log)
+
+
+@recipe_app.command("show")
+def recipe_show(
+    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the default recipe when omitted"),
+    set_: List[str] = SET,
+) -> None:
+    """Print the recipe resolved with every default, as YAML."""
+    from maasctl.recipe import dump_recipe, load_recipe
+
+    sys.stdout.write(dump_recipe(load_recipe(recipe, set_)))
+
+
+@recipe_app.command("schema")
+def recipe_schema() -> None:
+    """Print the recipe's JSON Schema (point your editor's YAML support at it for completion)."""
+    from maasctl.recipe import Recipe
+
+    _emit_json(Recipe.model_json_schema())
+
+
+def main() -> None:
+    try:
+        app()
+    except MaasctlError as exc:
+        _stderr().print(f"error: {exc}", markup=False, style="red")
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # `maasctl ... | head` closed the pipe: not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -1,0 +1,167 @@
+"""`maasctl export`: write ONNX, prove it computes what the PyTorch model computes, file it as a version.
+
+Nothing is filed unless every check passes: the ONNX checker with shape inference, and onnxruntime
+matching PyTorch on held-out samples at batch size 1 and at a full batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from maasctl import __version__
+from maasctl.data import build_dataset
+from maasctl.errors import CheckFailed, UsageError
+from maasctl.fileio import atomic_write_json, sha256_file
+from maasctl.recipe import load_recipe
+from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, ModelRepository, discard
+from maasctl.train.checkpoint import load_checkpoint
+from maasctl.train.trainer import build_model_from_meta
+
+PARITY_SAMPLES = 256
+
+
+@dataclass
+class ExportResult:
+    name: str
+    version: int
+    path: Path
+    exporter: str
+    max_abs_diff: float
+    top1_agreement: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "exporter": self.exporter,
+            "max_abs_diff": self.max_abs_diff,
+            "top1_agreement": self.top1_agreement,
+        }
+
+
+def export_run(
+    run_dir: Path,
+    repo: ModelRepository,
+    *,
+    name: str | None = None,
+    opset: int | None = None,
+    atol: float | None = None,
+    exporter: str = "auto",
+    log: Callable[[str], None] = lambda msg: None,
+) -> ExportResult:
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    opset = opset or recipe.export.opset
+    atol = atol if atol is not None else recipe.export.atol
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    meta = ckpt["meta"]
+    model = build_model_from_meta(meta)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+
+    data = build_dataset(recipe.data, recipe.train.seed)
+    samples = data.test.x[:PARITY_SAMPLES]
+    staged = repo.staging_dir()
+    try:
+        onnx_path = staged / ONNX_FILE
+        used = _export(model, samples[:2], onnx_path, opset, exporter, log)
+        _check_onnx(onnx_path)
+        diff, agreement = _parity(model, onnx_path, samples)
+        log(f"parity on {len(samples)} held-out samples: max |onnx - torch| = {diff:.3g}, top-1 agreement {agreement:.2%}")
+        if diff > atol or agreement < 1.0:
+            raise CheckFailed(
+                f"export parity failed: max |onnx - torch| = {diff:.3g} (tolerance {atol:g}), "
+                f"top-1 agreement {agreement:.2%}; nothing was filed"
+            )
+        manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement)
+        atomic_write_json(staged / MANIFEST, manifest)
+        filed = repo.add_version(name or recipe.name, staged)
+    except BaseException:
+        discard(staged)
+        raise
+    return ExportResult(filed.name, filed.version, filed.path, used, diff, agreement)
+
+
+def _export(model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, exporter: str, log) -> str:
+    """Export with torch.export (dynamo) first; fall back to the TorchScript exporter on patterns it rejects."""
+    args = (torch.from_numpy(example),)
+    names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset, "external_data": False}
+    attempts = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    errors = []
+    for kind in attempts:
+        try:
+            # The exporters print progress on stdout; keep stdout for --json.
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if kind == "dynamo":
+                    batch = torch.export.Dim("batch", min=1, max=65536)
+                    torch.onnx.export(model, args, path, dynamo=True, verbose=False, dynamic_shapes=({0: batch},), **names)
+                else:
+                    axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+                    torch.onnx.export(model, args, path, dynamo=False, dynamic_axes=axes, **names)
+            log(f"exported with the {kind} exporter, opset {opset}")
+            return kind
+        except Exception as exc:
+            errors.append(f"{kind}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            if len(attempts) > 1:
+                log(f"the {kind} exporter failed ({errors[-1]}); trying the next one")
+    raise CheckFailed("ONNX export failed; nothing was filed:\n  " + "\n  ".join(errors))
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)  # full_check runs strict shape inference
+    except Exception as exc:
+        raise CheckFailed(f"the exported model fails onnx.checker: {exc}; nothing was filed") from None
+
+
+def _parity(model: torch.nn.Module, onnx_path: Path, samples: np.ndarray) -> tuple[float, float]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(samples)).numpy()
+    batched = session.run(["logits"], {"input": samples})[0]
+    # Batch size 1 too: a frozen or mis-traced batch axis shows up only when the size changes.
+    single = np.concatenate([session.run(["logits"], {"input": samples[i : i + 1]})[0] for i in range(min(8, len(samples)))])
+    diff = max(float(np.abs(batched - expected).max()), float(np.abs(single - expected[: len(single)]).max()))
+    agreement = float((batched.argmax(1) == expected.argmax(1)).mean())
+    return diff, agreement
+
+
+def _manifest(run_dir: Path, meta: dict[str, Any], onnx_path: Path, opset: int, exporter: str, diff: float, agreement: float) -> dict[str, Any]:
+    import json
+
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return {
+        "format": MANIFEST_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "maasctl_version": __version__,
+        "task": "classification",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *meta["input_shape"]]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, meta["num_classes"]]}],
+        "labels": meta["labels"],
+        "preprocessing": meta["preprocessing"],
+        "source": {"run": str(run_dir.resolve()), "recipe_sha256": meta["recipe_sha256"], "model": meta["model_name"]},
+        "metrics": summary.get("metrics", {}),
+        "onnx": {
+            "file": ONNX_FILE,
+            "sha256": sha256_file(onnx_path),
+            "bytes": onnx_path.stat().st_size,
+            "opset": opset,
+            "exporter": exporter,
+        },
+        "parity": {"max_abs_diff": diff, "top1_agreement": agreement, "samples": PARITY_SAMPLES},
+    }

@@ -1,0 +1,9 @@
+"""The model registry (timm-style): `create_model("name", ...)`, `list_models()`.
+
+Importing this package registers the built-in families; it imports torch.
+"""
+
+from maasctl.models import cnn, mlp  # noqa: F401  (registers the built-in models)
+from maasctl.models.registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model"]

@@ -1,0 +1,294 @@
+"""Decode infer requests and encode infer responses: JSON tensors and the binary tensor data extension.
+
+A request becomes `InferRequest` (numpy arrays by input name); an `InferResponse` becomes bytes plus the
+headers to send. Shapes and datatypes are checked against the model's signature here, so the runtime only
+ever sees well-formed tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import orjson
+
+from maasctl.protocol.errors import InvalidInput
+
+HEADER_LENGTH = "inference-header-content-length"
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_NUMPY_TO_DATATYPE = {v: k for k, v in DATATYPES.items()}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    return _NUMPY_TO_DATATYPE[array.dtype]
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] | None = None  # None: all outputs
+    binary_outputs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+    binary_outputs: set[str] = field(default_factory=set)
+
+
+class TensorSignature:
+    """What a model accepts: input name -> (datatype, shape with -1 for dynamic dims)."""
+
+    def __init__(self, inputs: Iterable[Any], outputs: Iterable[Any]) -> None:
+        self.inputs = {t.name: (t.datatype, tuple(t.shape)) for t in inputs}
+        self.outputs = [t.name for t in outputs]
+
+
+def decode_request(body: bytes, header_length: str | None, signature: TensorSignature) -> InferRequest:
+    json_part, binary = _split_body(body, header_length)
+    if json_part is None:
+        # Raw binary request (header length 0): the whole body is the single input's tensor.
+        return _decode_raw(binary, signature)
+    try:
+        doc = orjson.loads(json_part)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object with an 'inputs' list")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("'inputs' must be a non-empty list of tensors")
+
+    offset, inputs = 0, {}
+    for i, item in enumerate(raw_inputs):
+        if not isinstance(item, dict):
+            raise InvalidInput(f"inputs[{i}] must be an object with name, shape, datatype and data")
+        name, array, offset = _decode_input(i, item, binary, offset, signature)
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} is given twice")
+        inputs[name] = array
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the tensors and belong to none")
+    missing = [n for n in signature.inputs if n not in inputs]
+    if missing:
+        raise InvalidInput(f"missing input(s) {', '.join(missing)}; the model takes {', '.join(signature.inputs)}")
+
+    parameters = _parameters(doc.get("parameters"), "parameters")
+    outputs, binary_outputs = _requested_outputs(doc.get("outputs"), parameters, signature)
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    return InferRequest(inputs, request_id, parameters, outputs, binary_outputs)
+
+
+def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
+    """Response body and extra headers. Binary outputs go after the JSON, in output order."""
+    outputs, chunks = [], []
+    for name, array in response.outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if name in response.binary_outputs:
+            raw = _to_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif entry["datatype"] == "BYTES":
+            entry["data"] = [_bytes_to_json(v) for v in array.ravel()]
+        else:
+            entry["data"] = np.ascontiguousarray(array).ravel()
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version, "outputs": outputs}
+    if response.id is not None:
+        doc["id"] = response.id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {}
+    return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | None, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    if n < 0 or n > len(body):
+        raise InvalidInput(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
+    if n == 0:
+        return None, body
+    return body[:n], body[n:]
+
+
+def _decode_raw(binary: bytes, signature: TensorSignature) -> InferRequest:
+    if len(signature.inputs) != 1:
+        raise InvalidInput("a raw binary request (header length 0) needs a model with exactly one input")
+    name, (datatype, shape) = next(iter(signature.inputs.items()))
+    array = _from_bytes(binary, datatype, None, name)
+    per_item = math.prod(d for d in shape[1:] if d > 0) if shape else 1
+    if any(d < 0 for d in shape[1:]) or per_item == 0 or array.size % per_item:
+        raise InvalidInput(f"raw request of {array.size} {datatype} values does not fill whole {name} items of shape {list(shape[1:])}")
+    array = array.reshape((-1, *shape[1:]))
+    return InferRequest({name: array})
+
+
+def _decode_input(i: int, item: dict[str, Any], binary: bytes, offset: int, signature: TensorSignature):
+    name = item.get("name")
+    if not isinstance(name, str):
+        raise InvalidInput(f"inputs[{i}].name must be a string")
+    if name not in signature.inputs:
+        raise InvalidInput(f"unknown input {name!r}; the model takes {', '.join(signature.inputs)}")
+    expected_type, expected_shape = signature.inputs[name]
+    datatype = item.get("datatype")
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}")
+    if datatype != expected_type:
+        raise InvalidInput(f"input {name!r}: datatype {datatype} given, the model takes {expected_type}")
+    shape = item.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    _check_shape(name, shape, expected_shape)
+    params = _parameters(item.get("parameters"), f"input {name!r} parameters")
+
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} overruns the {len(binary) - offset} bytes left")
+        array = _from_bytes(binary[offset : offset + size], datatype, shape, name)
+        return name, array, offset + size
+    if "data" not in item:
+        raise InvalidInput(f"input {name!r}: no 'data' and no binary_data_size parameter")
+    return name, _from_json(item["data"], datatype, shape, name), offset
+
+
+def _check_shape(name: str, shape: Sequence[int], expected: Sequence[int]) -> None:
+    if len(shape) != len(expected) or any(e >= 0 and s != e for s, e in zip(shape, expected)):
+        want = "[" + ", ".join("-1" if e < 0 else str(e) for e in expected) + "]"
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} does not match the model's {want} (-1: any size)")
+
+
+def _from_json(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        flat = list(_flatten(data))
+        if len(flat) != count:
+            raise InvalidInput(f"input {name!r}: {len(flat)} values for shape {shape} ({count} expected)")
+        return np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=object).reshape(shape)
+    try:
+        array = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: data is ragged (nested lists of different lengths)") from None
+    if array.size != count:
+        raise InvalidInput(f"input {name!r}: {array.size} values for shape {shape} ({count} expected)")
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(f"input {name!r}: data must be numbers for datatype {datatype}")
+    if datatype == "BOOL" and array.dtype.kind != "b":
+        raise InvalidInput(f"input {name!r}: BOOL data must be true/false")
+    target = DATATYPES[datatype]
+    if target.kind in "iu" and array.dtype.kind == "f":
+        raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            converted = array.astype(target, casting="unsafe" if target.kind == "f" else "same_kind")
+            if target.kind in "iu" and not np.array_equal(converted, array):
+                raise FloatingPointError
+    except (FloatingPointError, OverflowError, TypeError):
+        raise InvalidInput(f"input {name!r}: values out of range for {datatype}") from None
+    return converted.reshape(shape)
+
+
+def _from_bytes(raw: bytes, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:
+    if datatype == "BYTES":
+        items, pos = [], 0
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise InvalidInput(f"input {name!r}: truncated BYTES length prefix")
+            (n,) = struct.unpack_from("<I", raw, pos)
+            if pos + 4 + n > len(raw):
+                raise InvalidInput(f"input {name!r}: BYTES element overruns the binary data")
+            items.append(raw[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        array = np.array(items, dtype=object)
+    else:
+        dtype = DATATYPES[datatype].newbyteorder("<")
+        if len(raw) % dtype.itemsize:
+            raise InvalidInput(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
+        array = np.frombuffer(raw, dtype=dtype).astype(DATATYPES[datatype], copy=False)
+    if shape is not None:
+        if array.size != math.prod(shape):
+            raise InvalidInput(f"input {name!r}: binary data holds {array.size} values, shape {shape} needs {math.prod(shape)}")
+        array = array.reshape(shape)
+    return array
+
+
+def _to_bytes(array: np.ndarray) -> bytes:
+    if array.dtype.kind in ("O", "S", "U"):
+        parts = []
+        for v in array.ravel():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(struct.pack("<I", len(b)) + b)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _bytes_to_json(v: Any) -> str:
+    return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def _flatten(data: Any):
+    if isinstance(data, list):
+        for d in data:
+            yield from _flatten(d)
+    else:
+        yield data
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where} must be an object")
+    return value
+
+
+def _requested_outputs(value: Any, parameters: dict[str, Any], signature: TensorSignature):
+    all_binary = parameters.get("binary_data_output") is True
+    if value is None:
+        return None, set(signature.outputs) if all_binary else set()
+    if not isinstance(value, list):
+        raise InvalidInput("'outputs' must be a list of {name, parameters?} objects")
+    names, binary = [], set()
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{i}] must be an object with a 'name'")
+        name = item["name"]
+        if name not in signature.outputs:
+            raise InvalidInput(f"unknown output {name!r}; the model gives {', '.join(signature.outputs)}")
+        params = _parameters(item.get("parameters"), f"output {name!r} parameters")
+        if params.get("binary_data", all_binary) is True:
+            binary.add(name)
+        names.append(name)
+    return names, binary

@@ -1,0 +1,98 @@
+"""The dataplane: which models are loaded, their metadata, and inference. Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+
+from maasctl import __version__
+from maasctl.errors import MaasctlError
+from maasctl.protocol.errors import InvalidInput, NotFound
+from maasctl.protocol.v2 import DATATYPES, InferResponse, TensorSignature, decode_request, encode_response
+from maasctl.repository import ModelRepository
+from maasctl.runtime import LoadedModel, load_model
+
+log = logging.getLogger("maasctl.serve")
+
+EXTENSIONS = ["binary_tensor_data", "maasctl_manifest"]
+
+
+class DataPlane:
+    def __init__(self, repo: ModelRepository, device: str = "auto") -> None:
+        self.repo = repo
+        self.device = device
+        self.models: dict[str, LoadedModel] = {}  # the version being served, per model name
+        self.signatures: dict[str, TensorSignature] = {}
+        self.failures: dict[str, str] = {}
+        self.loaded = False
+
+    def load_all(self) -> None:
+        """Load and warm up the latest version of every model; a model that fails is reported, not fatal."""
+        for name in self.repo.names():
+            try:
+                model = load_model(self.repo.get(name), self.device)
+                _warm_up(model)
+            except MaasctlError as exc:
+                self.failures[name] = str(exc)
+                log.error("model %s failed to load: %s", name, exc)
+                continue
+            self.models[name] = model
+            self.signatures[name] = TensorSignature(model.inputs, model.outputs)
+            log.info("model %s version %d ready on %s", name, model.version, model.provider)
+        if not self.models and not self.failures:
+            log.warning("no models in %s: export one with `maasctl export RUN`", self.repo.root)
+        self.loaded = True
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.failures
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "maasctl", "version": __version__, "extensions": EXTENSIONS}
+
+    def model(self, name: str, version: str | None = None) -> LoadedModel:
+        model = self.models.get(name)
+        if model is None:
+            reason = f": it failed to load ({self.failures[name]})" if name in self.failures else ""
+            raise NotFound(f"unknown model {name!r}{reason}")
+        if version is not None and version != str(model.version):
+            raise NotFound(f"model {name!r} has no version {version!r} loaded (serving version {model.version})")
+        return model
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        model = self.model(name, version)
+        return {
+            "name": model.name,
+            "versions": [str(model.version)],
+            "platform": "onnx_onnxv1",
+            "inputs": [t.to_json() for t in model.inputs],
+            "outputs": [t.to_json() for t in model.outputs],
+        }
+
+    def model_manifest(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """maasctl extension: labels and preprocessing, so clients can send files and name classes."""
+        model = self.model(name, version)
+        return {**model.manifest, "name": model.name, "version": model.version, "provider": model.provider}
+
+    async def infer(self, name: str, version: str | None, body: bytes, header_length: str | None) -> tuple[bytes, dict[str, str]]:
+        model = self.model(name, version)
+        request = decode_request(body, header_length, self.signatures[name])
+        # onnxruntime releases the GIL; running it in a worker thread keeps the event loop serving.
+        try:
+            outputs = await asyncio.to_thread(model.run, request.inputs, request.outputs)
+        except Exception as exc:  # onnxruntime rejects values the signature check cannot see
+            raise InvalidInput(f"model {name!r} rejected the input: {str(exc).splitlines()[0]}") from None
+        response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
+        return encode_response(response)
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """One inference at load, so the first request does not pay for onnxruntime's lazy initialisation."""
+    feeds = {}
+    for spec in model.inputs:
+        shape = [1 if d < 0 else d for d in spec.shape]
+        feeds[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype])
+    model.run(feeds)

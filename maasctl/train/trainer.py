@@ -1,0 +1,229 @@
+"""The training loop, readable top to bottom: setup → per epoch (train, evaluate, checkpoint, log) → test.
+
+Everything it does is chosen by the recipe; it writes only inside its run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from maasctl.data import Dataset, build_dataset
+from maasctl.errors import UsageError
+from maasctl.fileio import atomic_write_json, atomic_write_text
+from maasctl.models import create_model
+from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
+from maasctl.train.checkpoint import load_checkpoint, save_checkpoint
+
+METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+EpochCallback = Callable[[dict[str, Any], int], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda was requested, but torch sees no CUDA device on this machine; use --device cpu or auto")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def build_model_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
+    """The architecture a checkpoint's weights belong to, from the metadata saved beside them."""
+    return create_model(
+        meta["model_name"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"], **meta["model_params"]
+    )
+
+
+class Trainer:
+    """Setup (data, model, optimizer) happens in __init__, so a bad recipe fails before any file is written."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        cfg = recipe.train
+        self.recipe = recipe
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = build_dataset(recipe.data, cfg.seed)
+        self.meta = {
+            "model_name": recipe.model.name,
+            "model_params": recipe.model.params,
+            "input_shape": list(self.data.input_shape),
+            "num_classes": self.data.num_classes,
+            "labels": self.data.labels,
+            "preprocessing": self.data.preprocessing,
+            "recipe_sha256": recipe_sha256(recipe),
+        }
+        self.model = build_model_from_meta(self.meta).to(self.device)
+        self.optimizer = _make_optimizer(recipe, self.model)
+        steps_per_epoch = math.ceil(len(self.data.train.y) / cfg.batch_size)
+        self.scheduler = _make_scheduler(recipe, self.optimizer, total_steps=cfg.epochs * steps_per_epoch)
+
+    def fit(self, run_dir: Path, *, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
+        recipe, cfg, data, device = self.recipe, self.recipe.train, self.data, self.device
+        model, optimizer, scheduler, meta = self.model, self.optimizer, self.scheduler, self.meta
+        shuffle = torch.Generator().manual_seed(cfg.seed)  # batch order; saved in checkpoints so resume repeats it
+
+        history: list[dict[str, Any]] = []
+        start_epoch, best = 0, [-math.inf, -math.inf]
+        if resume:
+            ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            shuffle.set_state(ckpt["rng"]["shuffle"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            start_epoch, best, history = ckpt["epoch"], ckpt["best"], ckpt["history"]
+        else:
+            atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+
+        x_train, y_train = _to_device(data.train, device)
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(y_train), generator=shuffle).to(device)
+            loss_sum = correct = 0.0
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                logits = model(x_train[idx])
+                loss = F.cross_entropy(logits, y_train[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y_train[idx]).sum().item()
+            val = evaluate(model, data, "validation", device)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / len(order),
+                "train_accuracy": correct / len(order),
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+            history.append(row)
+            # Best by validation accuracy, ties broken by lower validation loss.
+            score = [row["val_accuracy"], -row["val_loss"]]
+            improved = score > best
+            best = max(best, score)
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()},
+                "epoch": epoch + 1,
+                "best": best,
+                "history": history,
+                "meta": meta,
+            }
+            # best.pt first: if the process dies between the two writes, last.pt still points at an older epoch
+            # and a resume redoes this one, so nothing is lost.
+            if improved:
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+            if on_epoch:
+                on_epoch(row, cfg.epochs)
+
+        best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+        model.load_state_dict(best_state["model"])
+        test = evaluate(model, data, "test", device)
+        best_row = max(history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+        metrics = {
+            "best_epoch": best_row["epoch"],
+            "val_loss": best_row["val_loss"],
+            "val_accuracy": best_row["val_accuracy"],
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+        }
+        summary = {
+            "run": run_dir.name,
+            "recipe_sha256": meta["recipe_sha256"],
+            "device": str(device),
+            "epochs": len(history),
+            "train_seconds": sum(r["seconds"] for r in history),
+            "samples": {split: int(len(getattr(data, split).y)) for split in ("train", "validation", "test")},
+            "metrics": metrics,
+        }
+        atomic_write_json(run_dir / "summary.json", summary)
+        return TrainResult(run_dir=run_dir, metrics=metrics)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Dataset, split: str, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    model.eval()
+    x, y = _to_device(getattr(data, split), device)
+    loss_sum = correct = 0.0
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i : i + batch_size])
+        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i : i + batch_size]).sum().item()
+    return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+
+
+def check_resumable(saved: Recipe, requested: Recipe) -> None:
+    """A resumed run may train for more epochs, on another device; anything else changes what the checkpoint means."""
+    a = saved.model_dump(mode="json")
+    b = requested.model_dump(mode="json")
+    for free in ("epochs", "device"):
+        a["train"].pop(free), b["train"].pop(free)
+    changed = sorted(_diff_keys(a, b))
+    if changed:
+        raise UsageError(
+            f"cannot resume: the recipe changed in {', '.join(changed)}; only train.epochs may change on --resume. "
+            "Start a new run instead."
+        )
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in a.keys() | b.keys():
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _to_device(split: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(split.x).to(device), torch.from_numpy(split.y).to(device)
+
+
+def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = recipe.train.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int):
+    if recipe.train.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+
+
+def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
