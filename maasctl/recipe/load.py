@@ -103,7 +103,8 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> set[tuple[str
 def _describe(err: dict[str, Any], source: str, overridden: set[tuple[str, ...]]) -> str:
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc) or "(top level)"
-    origin = " (from --set)" if any(loc[: len(o)] == o for o in overridden) else ""
+    # An override and the failing key are related when either path is a prefix of the other.
+    origin = " (from --set)" if any(loc[: len(o)] == o or o[: len(loc)] == loc for o in overridden) else ""
     if err["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1])
         hint = _did_you_mean(loc[-1], valid)

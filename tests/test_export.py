@@ -1,0 +1,61 @@
+"""Export: parity gate, nothing filed on failure, versions only added, tampered files refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+
+from conftest import run_cli
+
+
+def test_onnx_has_a_dynamic_batch_axis(model_repo):
+    model = onnx.load(str(model_repo / "digits" / "1" / "model.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].dim_value  # symbolic, not frozen at the example's batch size
+    assert [d.dim_value for d in dims[1:]] == [1, 8, 8]
+
+
+def test_parity_failure_exits_1_and_files_nothing(workspace, tmp_path):
+    shutil.copytree(workspace / "artifacts" / "runs", tmp_path / "artifacts" / "runs")
+    proc = run_cli("export", "digits", "--atol", "1e-12", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "parity failed" in proc.stderr and "nothing was filed" in proc.stderr
+    models = tmp_path / "artifacts" / "models"
+    assert not models.exists() or not any(p for p in models.rglob("*") if p.is_file())
+
+
+def test_versions_increment_and_torchscript_exporter_works(workspace, tmp_path):
+    shutil.copytree(workspace / "artifacts" / "runs", tmp_path / "artifacts" / "runs")
+    first = json.loads(run_cli("export", "digits", "--json", cwd=tmp_path).stdout)
+    second = json.loads(run_cli("export", "digits", "--exporter", "torchscript", "--json", cwd=tmp_path).stdout)
+    assert (first["version"], second["version"]) == (1, 2)
+    assert second["exporter"] == "torchscript" and second["max_abs_diff"] < 1e-4
+    assert first["name"] == "digits-cnn"  # the recipe's name when --name is not given
+
+
+def test_export_of_a_missing_run_is_a_usage_error(tmp_path):
+    proc = run_cli("export", "nope", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no run 'nope'" in proc.stderr
+
+
+def test_run_without_checkpoint_is_refused(workspace, tmp_path):
+    run = tmp_path / "artifacts" / "runs" / "digits"
+    shutil.copytree(workspace / "artifacts" / "runs" / "digits", run)
+    for ckpt in (run / "checkpoints").iterdir():
+        ckpt.unlink()
+    proc = run_cli("export", "digits", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+
+
+def test_tampered_model_is_refused_by_predict(model_repo, tmp_path):
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo, repo)
+    onnx_file = repo / "digits" / "1" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-10])  # truncated
+    sample = tmp_path / "x.json"
+    sample.write_text(json.dumps([[[0.0] * 8] * 8]))
+    proc = run_cli("predict", "digits", str(sample), "--repo", str(repo), check=False)
+    assert proc.returncode == 3
+    assert "does not match the manifest" in proc.stderr

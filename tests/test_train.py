@@ -1,0 +1,67 @@
+"""Training runs: folders never reused, checkpoints loadable safely, interrupted runs resume, bad input fails early."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, run_cli
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_names_increment_never_overwrite(tmp_path):
+    for _ in range(2):
+        run_cli("train", "--set", "train.epochs=1", "--name", "same", cwd=tmp_path)
+    runs = sorted(p.name for p in (tmp_path / "artifacts" / "runs").iterdir())
+    assert runs == ["same", "same-2"]
+
+
+def test_checkpoints_load_with_weights_only(workspace):
+    ckpt = torch.load(workspace / "artifacts/runs/digits/checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+    assert ckpt["meta"]["input_shape"] == [1, 8, 8] and ckpt["meta"]["num_classes"] == 10
+
+
+def test_resume_continues_from_last_checkpoint_and_extends(tmp_path):
+    run_cli("train", "--set", "train.epochs=2", "--name", "r", cwd=tmp_path)
+    run_dir = tmp_path / "artifacts" / "runs" / "r"
+    first = _rows(run_dir / "metrics.csv")
+    out = json.loads(run_cli("train", "--resume", "r", "--set", "train.epochs=4", "--json", cwd=tmp_path).stdout)
+    rows = _rows(run_dir / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    assert rows[:2] == first  # the finished epochs were kept, not redone
+    assert float(rows[2]["train_loss"]) < float(rows[0]["train_loss"])  # training went on from the weights, not from scratch
+    assert out["run_dir"].endswith("runs/r")
+    assert "epochs: 4" in (run_dir / "recipe.yaml").read_text()
+
+
+def test_resume_refuses_an_incompatible_recipe_change(tmp_path):
+    run_cli("train", "--set", "train.epochs=1", "--name", "r", cwd=tmp_path)
+    proc = run_cli("train", "--resume", "r", "--set", "model.params.width=8", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "model.params.width" in proc.stderr and "only train.epochs may change" in proc.stderr
+
+
+def test_unknown_model_suggests_and_writes_nothing(tmp_path):
+    proc = run_cli("train", "--set", "model.name=cnn_smal", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "did you mean 'cnn_small'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "artifacts" / "runs").exists() or not any((tmp_path / "artifacts" / "runs").iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU box a CUDA request is valid")
+def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
+    proc = run_cli("train", *TINY, "--device", "cuda", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+def test_mlp_recipe_trains(tmp_path):
+    out = json.loads(run_cli("train", "--set", "model.name=mlp", "--set", "train.epochs=3", "--json", cwd=tmp_path).stdout)
+    assert out["metrics"]["test_accuracy"] > 0.8
