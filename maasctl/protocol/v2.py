@@ -132,10 +132,9 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | None, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        n = int(header_length)
-    except ValueError:
-        raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    if not header_length.strip().isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}")
+    n = int(header_length)
     if n < 0 or n > len(body):
         raise InvalidInput(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
     if n == 0:
@@ -152,6 +151,8 @@ def _decode_raw(binary: bytes, signature: TensorSignature) -> InferRequest:
     if any(d < 0 for d in shape[1:]) or per_item == 0 or array.size % per_item:
         raise InvalidInput(f"raw request of {array.size} {datatype} values does not fill whole {name} items of shape {list(shape[1:])}")
     array = array.reshape((-1, *shape[1:]))
+    if shape and shape[0] >= 0 and array.shape[0] != shape[0]:
+        raise InvalidInput(f"raw request holds {array.shape[0]} {name} items; the model takes exactly {shape[0]}")
     return InferRequest({name: array})
 
 
@@ -163,8 +164,8 @@ def _decode_input(i: int, item: dict[str, Any], binary: bytes, offset: int, sign
         raise InvalidInput(f"unknown input {name!r}; the model takes {', '.join(signature.inputs)}")
     expected_type, expected_shape = signature.inputs[name]
     datatype = item.get("datatype")
-    if datatype not in DATATYPES:
-        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidInput(f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
     if datatype != expected_type:
         raise InvalidInput(f"input {name!r}: datatype {datatype} given, the model takes {expected_type}")
     shape = item.get("shape")
@@ -198,26 +199,35 @@ def _from_json(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
             raise InvalidInput(f"input {name!r}: {len(flat)} values for shape {shape} ({count} expected)")
         return np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=object).reshape(shape)
     try:
-        array = np.asarray(data)
+        probe = np.asarray(data)
     except ValueError:
         raise InvalidInput(f"input {name!r}: data is ragged (nested lists of different lengths)") from None
-    if array.size != count:
-        raise InvalidInput(f"input {name!r}: {array.size} values for shape {shape} ({count} expected)")
-    if array.dtype.kind not in "biuf":
-        raise InvalidInput(f"input {name!r}: data must be numbers for datatype {datatype}")
-    if datatype == "BOOL" and array.dtype.kind != "b":
-        raise InvalidInput(f"input {name!r}: BOOL data must be true/false")
+    if probe.size != count:
+        raise InvalidInput(f"input {name!r}: {probe.size} values for shape {shape} ({count} expected)")
     target = DATATYPES[datatype]
-    if target.kind in "iu" and array.dtype.kind == "f":
+    if count == 0:
+        return np.zeros(shape, dtype=target)
+    kind = probe.dtype.kind
+    if datatype == "BOOL":
+        if kind != "b":
+            raise InvalidInput(f"input {name!r}: BOOL data must be true/false")
+        return probe.reshape(shape)
+    if kind not in "iuf":  # strings, nulls, objects, and true/false for a numeric type
+        raise InvalidInput(f"input {name!r}: data must be numbers for datatype {datatype}")
+    if target.kind == "f":
+        with np.errstate(over="ignore"):
+            converted = probe.astype(target)
+        if np.isinf(converted).sum() != np.isinf(probe).sum():
+            raise InvalidInput(f"input {name!r}: values out of range for {datatype}")
+        return converted.reshape(shape)
+    if kind == "f" and not (np.isfinite(probe).all() and (probe == np.trunc(probe)).all()):
         raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
     try:
-        with np.errstate(over="raise", invalid="raise"):
-            converted = array.astype(target, casting="unsafe" if target.kind == "f" else "same_kind")
-            if target.kind in "iu" and not np.array_equal(converted, array):
-                raise FloatingPointError
-    except (FloatingPointError, OverflowError, TypeError):
+        # Parse the JSON numbers again straight into the target type: exact for all 64-bit values (a float64
+        # probe is not), and numpy raises OverflowError for any value outside the type's range.
+        return np.asarray(data, dtype=target).reshape(shape)
+    except (OverflowError, ValueError, TypeError):
         raise InvalidInput(f"input {name!r}: values out of range for {datatype}") from None
-    return converted.reshape(shape)
 
 
 def _from_bytes(raw: bytes, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:
