@@ -65,3 +65,40 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
 def test_mlp_recipe_trains(tmp_path):
     out = json.loads(run_cli("train", "--set", "model.name=mlp", "--set", "train.epochs=3", "--json", cwd=tmp_path).stdout)
     assert out["metrics"]["test_accuracy"] > 0.8
+
+
+def test_resume_after_sigkill_mid_run(tmp_path):
+    """Kill -9 a run after its second checkpoint; --resume finishes it with every epoch accounted for."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "artifacts" / "runs" / "k"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maasctl", "train", "--set", "train.epochs=200", "--name", "k"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_rows_or_empty(run_dir / "metrics.csv")) < 2:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    done = len(_rows_or_empty(run_dir / "metrics.csv"))
+    assert 2 <= done < 200, "the kill should land mid-run"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)  # intact despite the kill
+    assert ckpt["epoch"] >= done - 1
+
+    out = json.loads(run_cli("train", "--resume", "k", "--set", f"train.epochs={ckpt['epoch'] + 2}", "--json", cwd=tmp_path).stdout)
+    rows = _rows(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, ckpt["epoch"] + 3))
+    assert out["metrics"]["test_accuracy"] > 0.8
+
+
+def _rows_or_empty(path):
+    try:
+        return _rows(path)
+    except FileNotFoundError:
+        return []
