@@ -102,3 +102,41 @@ def _rows_or_empty(path):
         return _rows(path)
     except FileNotFoundError:
         return []
+
+
+def test_same_seed_same_metrics_on_cpu(tmp_path):
+    """Reproducibility: two CPU runs with one seed give identical per-epoch metrics (timings aside)."""
+    for name in ("a", "b"):
+        run_cli("train", "--set", "train.epochs=2", "--device", "cpu", "--name", name, cwd=tmp_path)
+    a, b = (_rows(tmp_path / "artifacts" / "runs" / n / "metrics.csv") for n in ("a", "b"))
+    for row in a + b:
+        row.pop("seconds")
+    assert a == b
+    c_dir = tmp_path / "c"
+    c_dir.mkdir()
+    run_cli("train", "--set", "train.epochs=2", "--set", "train.seed=1", "--device", "cpu", "--name", "c", cwd=c_dir)
+    c = _rows(c_dir / "artifacts" / "runs" / "c" / "metrics.csv")
+    assert [r["train_loss"] for r in c] != [r["train_loss"] for r in a]
+
+
+def test_early_stopping_pictures_and_summary(tmp_path):
+    out = json.loads(
+        run_cli(
+            "train", "--set", "train.epochs=60", "--set", "train.early_stopping.patience=2", "--set", "train.early_stopping.min_delta=0.5",
+            "--set", "train.label_smoothing=0.1", "--set", "train.grad_clip=1.0", "--set", "train.warmup_epochs=0.5", "--json",
+            cwd=tmp_path,
+        ).stdout
+    )
+    run_dir = tmp_path / out["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # No accuracy gain can exceed 0.5 after the first epoch, so patience 2 stops it at epoch 3.
+    assert summary["stopped_early"] and summary["epochs"] == 3
+    assert len(_rows(run_dir / "metrics.csv")) == 3
+    cm = summary["test_confusion_matrix"]
+    assert len(cm) == 10 and sum(map(sum, cm)) == summary["samples"]["test"]
+    assert 0 < out["metrics"]["test_macro_f1"] <= 1
+    from PIL import Image
+
+    for picture in ("curves.png", "confusion_matrix.png"):
+        with Image.open(run_dir / picture) as img:
+            assert img.format == "PNG" and img.width > 300

@@ -52,13 +52,25 @@ class OptimizerConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
 
 
+class EarlyStoppingConfig(Section):
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without improvement; null: never")
+    min_delta: float = Field(0.0, ge=0, description="smallest change of the best metric that counts as improvement")
+
+
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
     seed: int = Field(0, description="seeds the split, the initial weights and the batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule over all steps")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0, in epochs (fractions allowed)")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm to this; null: no clipping")
+    best_metric: Literal["val_accuracy", "val_loss", "val_macro_f1"] = Field(
+        "val_accuracy", description="picks best.pt and drives early stopping (ties on accuracy/F1 go to lower loss)"
+    )
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
 class ExportConfig(Section):

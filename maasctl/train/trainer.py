@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from maasctl.data import Dataset, build_dataset
 from maasctl.errors import UsageError
 from maasctl.fileio import atomic_write_json, atomic_write_text
+from maasctl.metrics import classification_metrics
 from maasctl.models import create_model
 from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train.checkpoint import load_checkpoint, save_checkpoint
+from maasctl.train.plots import plot_confusion, plot_curves
 
-METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
 EpochCallback = Callable[[dict[str, Any], int], None]
 
 
@@ -69,7 +71,9 @@ class Trainer:
         self.model = build_model_from_meta(self.meta).to(self.device)
         self.optimizer = _make_optimizer(recipe, self.model)
         steps_per_epoch = math.ceil(len(self.data.train.y) / cfg.batch_size)
-        self.scheduler = _make_scheduler(recipe, self.optimizer, total_steps=cfg.epochs * steps_per_epoch)
+        self.scheduler = _make_scheduler(
+            recipe, self.optimizer, total_steps=cfg.epochs * steps_per_epoch, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch)
+        )
 
     def fit(self, run_dir: Path, *, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
         recipe, cfg, data, device = self.recipe, self.recipe.train, self.data, self.device
@@ -77,7 +81,7 @@ class Trainer:
         shuffle = torch.Generator().manual_seed(cfg.seed)  # batch order; saved in checkpoints so resume repeats it
 
         history: list[dict[str, Any]] = []
-        start_epoch, best = 0, [-math.inf, -math.inf]
+        start_epoch, best, stale = 0, [-math.inf, -math.inf], 0
         if resume:
             ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
             model.load_state_dict(ckpt["model"])
@@ -85,7 +89,7 @@ class Trainer:
             scheduler.load_state_dict(ckpt["scheduler"])
             shuffle.set_state(ckpt["rng"]["shuffle"])
             torch.set_rng_state(ckpt["rng"]["torch"])
-            start_epoch, best, history = ckpt["epoch"], ckpt["best"], ckpt["history"]
+            start_epoch, best, history, stale = ckpt["epoch"], ckpt["best"], ckpt["history"], ckpt["stale_epochs"]
         else:
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
 
@@ -98,9 +102,11 @@ class Trainer:
             for i in range(0, len(order), cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
                 logits = model(x_train[idx])
-                loss = F.cross_entropy(logits, y_train[idx])
+                loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 loss_sum += loss.item() * len(idx)
@@ -112,13 +118,15 @@ class Trainer:
                 "train_accuracy": correct / len(order),
                 "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
             history.append(row)
-            # Best by validation accuracy, ties broken by lower validation loss.
-            score = [row["val_accuracy"], -row["val_loss"]]
+            score = _score(row, cfg.best_metric)
             improved = score > best
+            # Early stopping counts epochs without an improvement of at least min_delta in the chosen metric.
+            stale = 0 if score[0] > best[0] + cfg.early_stopping.min_delta else stale + 1
             best = max(best, score)
             state = {
                 "model": model.state_dict(),
@@ -127,6 +135,7 @@ class Trainer:
                 "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()},
                 "epoch": epoch + 1,
                 "best": best,
+                "stale_epochs": stale,
                 "history": history,
                 "meta": meta,
             }
@@ -138,41 +147,57 @@ class Trainer:
             _write_metrics_csv(run_dir / "metrics.csv", history)
             if on_epoch:
                 on_epoch(row, cfg.epochs)
+            if cfg.early_stopping.patience and stale >= cfg.early_stopping.patience:
+                break
 
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
         model.load_state_dict(best_state["model"])
         test = evaluate(model, data, "test", device)
-        best_row = max(history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+        best_row = max(history, key=lambda r: _score(r, cfg.best_metric))
         metrics = {
             "best_epoch": best_row["epoch"],
             "val_loss": best_row["val_loss"],
             "val_accuracy": best_row["val_accuracy"],
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
+            "val_macro_f1": best_row["val_macro_f1"],
+            **{f"test_{k}": v for k, v in test.items() if k != "confusion_matrix"},
         }
         summary = {
             "run": run_dir.name,
             "recipe_sha256": meta["recipe_sha256"],
             "device": str(device),
             "epochs": len(history),
+            "stopped_early": len(history) < cfg.epochs,
             "train_seconds": sum(r["seconds"] for r in history),
             "samples": {split: int(len(getattr(data, split).y)) for split in ("train", "validation", "test")},
             "metrics": metrics,
+            "labels": data.labels,
+            "test_confusion_matrix": test["confusion_matrix"],
         }
         atomic_write_json(run_dir / "summary.json", summary)
+        plot_curves(history, run_dir / "curves.png")
+        plot_confusion(test["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
         return TrainResult(run_dir=run_dir, metrics=metrics)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, split: str, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, data: Dataset, split: str, device: torch.device, batch_size: int = 512) -> dict[str, Any]:
+    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix on one split."""
     model.eval()
     x, y = _to_device(getattr(data, split), device)
-    loss_sum = correct = 0.0
+    loss_sum, predictions = 0.0, []
     for i in range(0, len(y), batch_size):
         logits = model(x[i : i + batch_size])
         loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i : i + batch_size]).sum().item()
-    return {"loss": loss_sum / len(y), "accuracy": correct / len(y)}
+        predictions.append(logits.argmax(1).cpu())
+    y_pred = torch.cat(predictions).numpy()
+    return {"loss": loss_sum / len(y), **classification_metrics(getattr(data, split).y, y_pred, data.num_classes)}
+
+
+def _score(row: dict[str, Any], metric: str) -> list[float]:
+    """Larger is better; accuracy and F1 ties go to the lower validation loss."""
+    if metric == "val_loss":
+        return [-row["val_loss"], 0.0]
+    return [row[metric], -row["val_loss"]]
 
 
 def check_resumable(saved: Recipe, requested: Recipe) -> None:
@@ -210,12 +235,19 @@ def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optim
     return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int):
-    if recipe.train.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
+def _make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """Per-step learning-rate factor: linear warm-up, then constant or cosine decay to 0 at the last step."""
+    cosine = recipe.train.schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not cosine:
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
