@@ -126,15 +126,24 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when onnxruntime has it) | cpu | cuda (refuse to start without it)"),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body accepted (413 beyond)"),
-    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one log line per request"),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one JSON line per request on stdout"),
     drain_seconds: float = typer.Option(30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="rows per model execution when batching requests; 1: no batching"),
+    max_queue_delay_ms: float = typer.Option(2, "--max-queue-delay-ms", min=0, help="how long a request waits for others to batch with"),
+    max_queue_size: int = typer.Option(256, "--max-queue-size", min=1, help="queued requests per model; beyond it 503 at once"),
+    request_timeout_s: Optional[float] = typer.Option(None, "--request-timeout-s", min=0, help="504 when a request's result is not ready in this time (default: no limit)"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="MAASCTL_TOKEN", show_envvar=True, help="require 'Authorization: Bearer TOKEN' on all but /v2/health/*; prefer the env variable (argv is visible in ps)"),
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (KServe v2 REST)."""
     if device not in ("auto", "cpu", "cuda"):
         raise MaasctlError(f"--device {device!r}: use auto, cpu or cuda")
+    if token is not None and not token.strip():
+        raise MaasctlError("--token / MAASCTL_TOKEN is empty: give a secret, or unset it to serve without one")
+    from maasctl.serve.batching import BatchingConfig
     from maasctl.serve.server import serve as run_server
 
-    run_server(str(repo), host, port, device, int(max_body_mb * 1024 * 1024), access_log, drain_seconds)
+    batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size, request_timeout_s or None)
+    run_server(str(repo), host, port, device, int(max_body_mb * 1024 * 1024), access_log, drain_seconds, batching, token)
 
 
 @app.command(help=f"Predict labels for inputs, locally with onnxruntime or through a server. {EXIT_CODES}")

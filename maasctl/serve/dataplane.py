@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
 
 from maasctl import __version__
 from maasctl.errors import MaasctlError
-from maasctl.protocol.errors import InvalidInput, NotFound
+from maasctl.protocol.errors import NotFound
 from maasctl.protocol.v2 import DATATYPES, InferResponse, TensorSignature, decode_request, encode_response
 from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel, load_model
+from maasctl.serve import metrics as m
+from maasctl.serve.batching import BackendError, BatchingConfig, ModelBatcher, Overloaded, TimedOut
 
 log = logging.getLogger("maasctl.serve")
 
@@ -21,11 +24,14 @@ EXTENSIONS = ["binary_tensor_data", "maasctl_manifest"]
 
 
 class DataPlane:
-    def __init__(self, repo: ModelRepository, device: str = "auto") -> None:
+    def __init__(self, repo: ModelRepository, device: str = "auto", batching: BatchingConfig | None = None) -> None:
         self.repo = repo
         self.device = device
+        self.batching = batching or BatchingConfig()
+        self.metrics = m.Metrics()  # this dataplane's own registry, served at /metrics
         self.models: dict[str, LoadedModel] = {}  # the version being served, per model name
         self.signatures: dict[str, TensorSignature] = {}
+        self.batchers: dict[str, ModelBatcher] = {}
         self.failures: dict[str, str] = {}
         self.loaded = False
 
@@ -41,7 +47,11 @@ class DataPlane:
                 continue
             self.models[name] = model
             self.signatures[name] = TensorSignature(model.inputs, model.outputs)
-            log.info("model %s version %d ready on %s", name, model.version, model.provider)
+            batcher = self.batchers[name] = ModelBatcher(model, self.batching, self.metrics)
+            max_batch = self.batching.max_batch_size if batcher.batchable else 1
+            self.metrics.model_loaded(name, model.version, model.provider, max_batch)
+            batching = f"dynamic batching up to {max_batch} rows" if batcher.batchable else "no batching"
+            log.info("model %s version %d ready on %s, %s", name, model.version, model.provider, batching)
         if not self.models and not self.failures:
             log.warning("no models in %s: export one with `maasctl export RUN`", self.repo.root)
         self.loaded = True
@@ -79,14 +89,38 @@ class DataPlane:
 
     async def infer(self, name: str, version: str | None, body: bytes, header_length: str | None) -> tuple[bytes, dict[str, str]]:
         model = self.model(name, version)
-        request = decode_request(body, header_length, self.signatures[name])
-        # onnxruntime releases the GIL; running it in a worker thread keeps the event loop serving.
+        labels = (model.name, str(model.version))
+        start = time.perf_counter()
         try:
-            outputs = await asyncio.to_thread(model.run, request.inputs, request.outputs)
-        except Exception as exc:  # onnxruntime rejects values the signature check cannot see
-            raise InvalidInput(f"model {name!r} rejected the input: {str(exc).splitlines()[0]}") from None
-        response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
-        return encode_response(response)
+            self.batchers[name].raise_if_full()
+            request = decode_request(body, header_length, self.signatures[name])
+            outputs = await self.batchers[name].infer(request.inputs, request.outputs)
+            response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
+            encoded = encode_response(response)
+        except asyncio.CancelledError:
+            self.metrics.failure.labels(*labels, m.CANCELED).inc()
+            raise
+        except Exception as exc:
+            self.metrics.failure.labels(*labels, _reason(exc)).inc()
+            raise
+        self.metrics.success.labels(*labels).inc()
+        self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - start)
+        return encoded
+
+    async def close(self) -> None:
+        """Stop the batch workers (at shutdown, after in-flight requests have drained)."""
+        for batcher in self.batchers.values():
+            await batcher.close()
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, Overloaded):
+        return m.REJECTED
+    if isinstance(exc, TimedOut):
+        return m.TIMEOUT
+    if isinstance(exc, BackendError):
+        return m.BACKEND
+    return m.OTHER
 
 
 def _warm_up(model: LoadedModel) -> None:

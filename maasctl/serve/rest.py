@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from maasctl.protocol.errors import InferenceError, PayloadTooLarge
+from maasctl.serve.access_log import AccessLog
+from maasctl.serve.auth import BearerAuth
+from maasctl.serve.batching import Overloaded
 from maasctl.serve.dataplane import DataPlane
+from maasctl.serve.metrics import CONTENT_TYPE
 
 log = logging.getLogger("maasctl.serve")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -22,7 +29,15 @@ def json_response(content: object, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-def create_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+def create_app(
+    dataplane: DataPlane,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    token: str | None = None,
+    access_log: bool = False,
+) -> Starlette:
+    """The ASGI app. `token`: require `Authorization: Bearer <token>` on all but the health probes (see auth.py).
+    `access_log`: one JSON line per request on the `maasctl.access` logger."""
+
     async def live(request: Request) -> Response:
         return json_response({"live": True})
 
@@ -54,8 +69,15 @@ def create_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
 
+    async def metrics(request: Request) -> Response:
+        return Response(dataplane.metrics.render(), media_type=CONTENT_TYPE)
+
     async def on_inference_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InferenceError)
+        if isinstance(exc, Overloaded):  # expected under load; the metrics count it, a log line per request would flood
+            response = json_response({"error": exc.message}, exc.status)
+            response.headers["Retry-After"] = "1"
+            return response
         if exc.status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
         return json_response({"error": exc.message}, exc.status)
@@ -72,6 +94,7 @@ def create_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),
+        Route("/metrics", metrics),
     ]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [
@@ -80,8 +103,20 @@ def create_app(dataplane: DataPlane, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
             Route(prefix + "/manifest", model_manifest),
             Route(prefix + "/infer", infer, methods=["POST"]),
         ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await dataplane.close()  # after uvicorn has drained in-flight requests
+
+    middleware = []
+    if access_log:
+        middleware.append(Middleware(AccessLog))  # outermost: 401s are logged too
+    if token is not None:
+        middleware.append(Middleware(BearerAuth, token=token))
     return Starlette(
         routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
         exception_handlers={InferenceError: on_inference_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import sys
 from typing import Iterator
 
 import uvicorn
 
 from maasctl.repository import ModelRepository
+from maasctl.serve.batching import BatchingConfig
 from maasctl.serve.dataplane import DataPlane
 from maasctl.serve.rest import create_app
 
@@ -24,17 +27,49 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def serve(repo: str, host: str, port: int, device: str, max_body_bytes: int, access_log: bool, drain_seconds: float) -> None:
+def serve(
+    repo: str,
+    host: str,
+    port: int,
+    device: str,
+    max_body_bytes: int,
+    access_log: bool,
+    drain_seconds: float,
+    batching: BatchingConfig | None = None,
+    token: str | None = None,
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    dataplane = DataPlane(ModelRepository(repo), device)
+    if access_log:
+        _json_lines_to_stdout(logging.getLogger("maasctl.access"))
+    log = logging.getLogger("maasctl.serve")
+    if token is None and not _is_loopback(host):
+        log.warning("listening on %s without a token: anyone who can reach the port can use it (set MAASCTL_TOKEN)", host)
+    dataplane = DataPlane(ModelRepository(repo), device, batching)
     dataplane.load_all()
     config = uvicorn.Config(
-        create_app(dataplane, max_body_bytes),
+        create_app(dataplane, max_body_bytes, token=token, access_log=access_log),
         host=host,
         port=port,
         log_level="info",
-        access_log=access_log,
+        access_log=False,  # ours is JSON (--access-log); uvicorn's plain-text one would repeat it
         timeout_graceful_shutdown=drain_seconds,
         server_header=False,
     )
     _Server(config).run()
+
+
+def _json_lines_to_stdout(logger: logging.Logger) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,273 @@
+"""Dynamic batching, one queue per model (Triton's dynamic batcher, simplified).
+
+Requests wait in their model's queue. One worker per model takes the oldest request and, when the model can be
+batched, every queued request whose inputs have the same non-batch shapes, up to `max_batch_size` rows; when that
+is less than a full batch it waits at most `max_queue_delay_ms` after the oldest request arrived for more. The
+batch's inputs are concatenated along axis 0, run once in onnxruntime in a thread (the event loop keeps serving)
+and the outputs are split back by each request's row count. One batch per model executes at a time; the next one
+gathers meanwhile, which is where batching pays under load.
+
+A model can be batched when every input and output has a dynamic first dimension (export's batch axis). Other
+models, and requests that cannot join one (inputs with different row counts, zero rows, or more rows than
+`max_batch_size`), run alone. More than `max_queue_size` requests waiting gets 503 at once, not a longer queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+import numpy as np
+
+from maasctl.protocol.errors import InferenceError, InvalidInput, NotReady
+from maasctl.runtime import LoadedModel
+from maasctl.serve.metrics import Metrics
+
+log = logging.getLogger("maasctl.serve")
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32  # rows per execution; 1 turns batching off
+    max_queue_delay_ms: float = 2.0  # how long a lone request waits for company
+    max_queue_size: int = 256  # queued requests per model before 503
+    request_timeout_s: float | None = None  # queue + execution; None: wait as long as it takes
+
+
+class Overloaded(NotReady):
+    """503: the model's queue is full. Retry later, or add capacity."""
+
+
+class TimedOut(InferenceError):
+    status = 504
+
+
+class BackendError(InvalidInput):
+    """400: onnxruntime refused values that the signature check could not see."""
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    rows: int
+    key: Hashable | None  # requests with equal keys can share a batch; None: runs alone
+    enqueued: float
+    future: asyncio.Future = field(repr=False)
+    started: bool = False
+
+
+class ModelBatcher:
+    def __init__(self, model: LoadedModel, config: BatchingConfig, metrics: Metrics) -> None:
+        self.model = model
+        self.config = config
+        self.batchable = config.max_batch_size > 1 and _batchable(model)
+        self._output_order = [o.name for o in model.outputs]
+        labels = (model.name, str(model.version))
+        self._m_count = metrics.count.labels(*labels)
+        self._m_exec = metrics.exec_count.labels(*labels)
+        self._m_pending = metrics.pending.labels(*labels)
+        self._m_queue = metrics.queue_seconds.labels(*labels)
+        self._m_compute = metrics.compute_seconds.labels(*labels)
+        self._pending: deque[_Request] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: list[_Request] = []
+
+    async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run."""
+        loop = asyncio.get_running_loop()
+        self._ensure_worker(loop)
+        self.raise_if_full()
+        rows, key = self._rows_and_key(inputs)
+        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
+        self._pending.append(request)
+        self._m_pending.set(len(self._pending))
+        assert self._arrived is not None
+        self._arrived.set()
+        timeout = self.config.request_timeout_s
+        if timeout is None:
+            return await request.future
+        try:
+            return await asyncio.wait_for(request.future, timeout)  # cancels the future when time is up
+        except asyncio.TimeoutError:
+            where = "executing" if request.started else "in the queue"
+            self._forget(request)
+            raise TimedOut(f"model {self.model.name!r}: no result within {timeout:g} s (--request-timeout-s); it was still {where}") from None
+
+    def raise_if_full(self) -> None:
+        """503 when the queue is full; called before decoding too, so an overloaded server refuses cheaply."""
+        if len(self._pending) >= self.config.max_queue_size:
+            raise Overloaded(
+                f"model {self.model.name!r} is overloaded: {len(self._pending)} requests already queued "
+                f"(--max-queue-size {self.config.max_queue_size}); retry later"
+            )
+
+    async def close(self) -> None:
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+
+    # --- the worker ---------------------------------------------------------------------------------------------
+
+    def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._worker is not None and not self._worker.done() and self._loop is loop:
+            return
+        # First request, or a new event loop (an app served again): start afresh on this loop.
+        self._loop, self._arrived, self._pending = loop, asyncio.Event(), deque()
+        self._worker = loop.create_task(self._work(), name=f"maasctl-batcher-{self.model.name}")
+
+    def _forget(self, request: _Request) -> None:
+        try:
+            self._pending.remove(request)
+        except ValueError:
+            return  # already taken into a batch
+        self._m_pending.set(len(self._pending))
+        if self._arrived is not None:
+            self._arrived.set()  # the worker may be waiting on its behalf
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._arrived is not None
+        delay = self.config.max_queue_delay_ms / 1000
+        try:
+            while True:
+                while self._pending and self._pending[0].future.done():  # timed out or cancelled while queued
+                    self._pending.popleft()
+                if not self._pending:
+                    self._m_pending.set(0)
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                    continue
+                batch, full = self._gather(self._pending[0])
+                deadline = self._pending[0].enqueued + delay
+                if not full and loop.time() < deadline:
+                    self._arrived.clear()
+                    wake = loop.call_at(deadline, self._arrived.set)
+                    try:
+                        await self._arrived.wait()  # a new request, a timed-out one, or the deadline
+                    finally:
+                        wake.cancel()
+                    continue  # gather again from the (changed) queue
+                taken = {id(r) for r in batch}
+                self._pending = deque(r for r in self._pending if id(r) not in taken)
+                self._m_pending.set(len(self._pending))
+                await self._execute(batch, loop)
+        finally:
+            for request in [*self._running, *self._pending]:
+                request.future.cancel()
+
+    def _gather(self, head: _Request) -> tuple[list[_Request], bool]:
+        """The oldest request and the queued requests that can join it, in arrival order; and whether it is full."""
+        if head.key is None:
+            return [head], True
+        batch, rows, limit = [head], head.rows, self.config.max_batch_size
+        for request in list(self._pending)[1:]:
+            if rows >= limit:
+                break
+            if request.key != head.key or request.future.done():
+                continue
+            if rows + request.rows > limit:
+                return batch, True  # the next one does not fit: run what we have, it heads the next batch
+            batch.append(request)
+            rows += request.rows
+        return batch, rows >= limit
+
+    async def _execute(self, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
+        batch = [r for r in batch if not r.future.done()]
+        now = loop.time()
+        for request in batch:
+            request.started = True
+            self._m_queue.observe(now - request.enqueued)
+        self._running = batch
+        try:
+            await self._run(batch)
+        finally:
+            self._running = []
+
+    async def _run(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
+        try:
+            if len(batch) == 1:
+                feeds = batch[0].inputs
+            else:
+                feeds = {name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs}
+            names = self._output_names(batch)
+            results = await asyncio.to_thread(self._timed_run, feeds, names, sum(r.rows for r in batch))
+        except Exception as exc:
+            if len(batch) > 1:
+                # One request's values may have spoiled the batch: run each alone, so each gets its own answer.
+                for request in batch:
+                    await self._run([request])
+                return
+            _settle(batch[0], exc=BackendError(f"model {self.model.name!r} rejected the input: {_first_line(exc)}"))
+            return
+        if len(batch) == 1:
+            _settle(batch[0], self._select(results, batch[0].outputs))
+            return
+        total = sum(r.rows for r in batch)
+        if any(a.ndim == 0 or a.shape[0] != total for a in results.values()):
+            # The model's first output dimension is not the batch axis after all: stop batching it.
+            log.warning("model %s: outputs are not batched along axis 0; running its requests one by one", self.model.name)
+            self.batchable = False
+            for request in batch:
+                await self._run([request])
+            return
+        cuts = np.cumsum([r.rows for r in batch])[:-1]
+        parts = {name: np.split(array, cuts) for name, array in results.items()}
+        for i, request in enumerate(batch):
+            _settle(request, self._select({name: p[i] for name, p in parts.items()}, request.outputs))
+
+    def _timed_run(self, feeds: dict[str, np.ndarray], names: list[str], rows: int) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        results = self.model.run(feeds, names)
+        self._m_compute.observe(time.perf_counter() - start)
+        self._m_exec.inc()
+        self._m_count.inc(rows)
+        return results
+
+    def _output_names(self, batch: list[_Request]) -> list[str]:
+        if any(r.outputs is None for r in batch):
+            return list(self._output_order)
+        wanted = {name for r in batch for name in r.outputs or ()}
+        return [name for name in self._output_order if name in wanted]
+
+    def _select(self, results: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
+        return {name: results[name] for name in (outputs or self._output_order)}
+
+    def _rows_and_key(self, inputs: dict[str, np.ndarray]) -> tuple[int, Hashable | None]:
+        if not self.batchable:
+            return 1, None
+        firsts = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+        rows = firsts.pop() if len(firsts) == 1 else -1
+        if rows <= 0 or rows > self.config.max_batch_size:
+            return max(rows, 1), None
+        return rows, tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()))
+
+
+def _batchable(model: LoadedModel) -> bool:
+    tensors = [*model.inputs, *model.outputs]
+    return bool(model.inputs) and all(len(t.shape) >= 1 and t.shape[0] < 0 for t in tensors)
+
+
+def _settle(request: _Request, result: Any = None, exc: BaseException | None = None) -> None:
+    if request.future.done():  # the client's wait timed out meanwhile; nobody reads this
+        return
+    if exc is not None:
+        request.future.set_exception(exc)
+    else:
+        request.future.set_result(result)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
