@@ -371,6 +371,7 @@ def test_chunked_body_over_the_limit_is_413(port: int) -> None:
 def test_get_on_an_infer_route_is_405(port: int, path: str) -> None:
     status, headers, body = send(port, "GET", path)
     assert status == 405
+    assert headers.get("allow") == "POST"  # RFC 9110: a 405 names the methods that would work
     assert_client_error(status, headers, body)
 
 

@@ -25,8 +25,8 @@ log = logging.getLogger("maasctl.serve")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-def json_response(content: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+def json_response(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json", headers=headers)
 
 
 def create_app(
@@ -84,7 +84,8 @@ def create_app(
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return json_response({"error": f"{request.method} {request.url.path}: {exc.detail}"}, exc.status_code)
+        # Keep starlette's headers: a 405 must say which methods are allowed (Allow: POST).
+        return json_response({"error": f"{request.method} {request.url.path}: {exc.detail}"}, exc.status_code, exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
