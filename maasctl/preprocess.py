@@ -58,3 +58,51 @@ def load_image(source: str | Path | Any, spec: dict[str, Any]) -> np.ndarray:
         raise UsageError(f"{name}: no such file") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+
+
+# --- tabular -------------------------------------------------------------------------------------------------
+
+
+def tabular_spec(columns: Sequence[str], mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+    """Standardization with training-split statistics; constant columns get std 1 so they pass through as 0."""
+    std = np.where(std > 0, std, 1.0)
+    return {"kind": "tabular", "columns": list(columns), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+
+def normalize_features(rows: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """float rows (N,F), columns in spec order -> standardized float32 (N,F)."""
+    mean = np.asarray(spec["mean"], dtype=np.float64)
+    std = np.asarray(spec["std"], dtype=np.float64)
+    return ((np.asarray(rows, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+# --- text ----------------------------------------------------------------------------------------------------
+
+PAD, UNK = 0, 1
+TOKEN_PATTERN = r"\w+|[^\w\s]"
+
+
+def tokenize(text: str, lowercase: bool = True) -> list[str]:
+    import re
+
+    return re.findall(TOKEN_PATTERN, text.lower() if lowercase else text)
+
+
+def text_spec(vocab: Sequence[str], max_len: int, lowercase: bool) -> dict[str, Any]:
+    """`vocab[i]` is the token with id i + 2 (0 is padding, 1 is unknown)."""
+    return {"kind": "text", "vocab": list(vocab), "max_len": max_len, "lowercase": lowercase, "pattern": TOKEN_PATTERN, "pad_id": PAD, "unk_id": UNK}
+
+
+class TextEncoder:
+    """Texts -> int64 token ids (N, max_len): truncated, padded with 0, unknown tokens 1. Build once per model."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.index = {tok: i + 2 for i, tok in enumerate(spec["vocab"])}
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.spec["max_len"]), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [self.index.get(tok, UNK) for tok in tokenize(text, self.spec["lowercase"])[: self.spec["max_len"]]]
+            out[row, : len(ids)] = ids
+        return out

@@ -1,22 +1,21 @@
-"""Build the train/validation/test splits a recipe asks for."""
+"""Datasets as numpy splits, whatever their source. Every loader ends in the same `Dataset`: model-ready
+inputs, class indices, labels, and the preprocessing contract serving must reproduce."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from maasctl.preprocess import image_spec, normalize_images
-from maasctl.recipe.schema import DataConfig
+from maasctl.errors import UsageError
 
 
 @dataclass
 class Split:
-    x: np.ndarray  # model-ready float32 inputs
+    x: np.ndarray  # model-ready inputs: float32, or int64 token ids
     y: np.ndarray  # int64 class indices
-    raw: np.ndarray  # the inputs before preprocessing (uint8 images), e.g. to write sample files
+    raw: np.ndarray | None = None  # inputs before preprocessing where they are images (uint8), to write sample files
 
 
 @dataclass
@@ -26,6 +25,9 @@ class Dataset:
     test: Split
     labels: list[str]
     preprocessing: dict[str, Any]
+    input_kind: str = "image"  # image | features | sequence | tokens (see maasctl.models.registry)
+    augment: Any = None  # AugmentConfig for image sources, applied per training batch
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -35,27 +37,19 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.labels)
 
-
-def build_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    images, labels = _load_digits()
-    split = cfg.split
-    parts = stratified_split(labels, (split.train, split.validation, split.test), seed)
-    train_idx = parts[0]
-    # Normalisation statistics come from the training split only, so nothing leaks from validation/test.
-    train_pixels = images[train_idx].astype(np.float64) / 255
-    spec = image_spec(8, 8, 1, mean=[train_pixels.mean()], std=[train_pixels.std()])
-
-    def make(idx: np.ndarray) -> Split:
-        return Split(x=normalize_images(images[idx], spec), y=labels[idx].astype(np.int64), raw=images[idx])
-
-    return Dataset(*(make(idx) for idx in parts), labels=[str(d) for d in range(10)], preprocessing=spec)
+    @property
+    def vocab_size(self) -> int | None:
+        if self.input_kind != "tokens":
+            return None
+        vocab = self.preprocessing.get("vocab")
+        return len(vocab) + 2 if vocab is not None else int(max(s.x.max() for s in (self.train, self.validation, self.test))) + 1
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
     """Indices for each fraction, with every class spread in proportion; deterministic for a seed."""
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
-    bounds = np.cumsum(fractions)[:-1]
+    bounds = np.cumsum(fractions)[:-1] / np.sum(fractions)
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         cuts = np.rint(bounds * len(idx)).astype(int)
@@ -65,7 +59,23 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int
     return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    with resources.files("maasctl.data").joinpath("digits.npz").open("rb") as f:
-        with np.load(f) as npz:
-            return npz["images"], npz["labels"]
+def check_splits(parts: list[np.ndarray], names: tuple[str, ...], where: str) -> None:
+    for idx, name in zip(parts, names):
+        if len(idx) == 0:
+            raise UsageError(f"{where}: the {name} split is empty; the dataset is too small for these fractions")
+
+
+def encode_labels(values: list[str] | np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Label values -> (int64 indices, sorted label names); numbers sort numerically."""
+    strings = [str(v) for v in values]
+    unique = sorted(set(strings), key=lambda s: (0, float(s), s) if _is_number(s) else (1, 0.0, s))
+    index = {label: i for i, label in enumerate(unique)}
+    return np.array([index[s] for s in strings], dtype=np.int64), unique
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False

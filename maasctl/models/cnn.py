@@ -32,7 +32,7 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model
+@register_model(inputs=("image",))
 def cnn_small(input_shape: tuple[int, ...], num_classes: int, width: int = 32, dropout: float = 0.1) -> nn.Module:
     """Small CNN for (C,H,W) images of 8 pixels or more per side."""
     return SmallCNN(input_shape[0], num_classes, width=width, dropout=dropout)

@@ -1,7 +1,10 @@
-"""A small registry of model factories, keyed by name.
+"""A small registry of model factories, keyed by name (timm-style).
 
-A factory takes the input shape and class count (both come from the data, never from the user) and the
-recipe's `model.params` as keyword arguments.
+A factory takes what the data decides — `input_shape` (per sample, no batch axis), `num_classes`, and for
+token inputs `vocab_size` — plus the recipe's `model.params` as keyword arguments. Each factory declares which
+input kinds it accepts, so a model and a dataset that do not fit get a clear error, not a shape mismatch.
+
+Input kinds: "image" float32 (C,H,W) · "features" float32 (F,) · "sequence" float32 (T,F) · "tokens" int64 (T,)
 """
 
 from __future__ import annotations
@@ -9,40 +12,82 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from maasctl.errors import UsageError
 
-Factory = Callable[..., Any]
-_REGISTRY: dict[str, Factory] = {}
+INPUT_KINDS = ("image", "features", "sequence", "tokens")
+DATA_ARGS = ("input_shape", "num_classes", "vocab_size")
 
 
-def register_model(fn: Factory) -> Factory:
-    if fn.__name__ in _REGISTRY:
-        raise ValueError(f"model {fn.__name__!r} is registered twice")
-    _REGISTRY[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., Any]
+    inputs: tuple[str, ...]
+
+    @property
+    def description(self) -> str:
+        return (inspect.getdoc(self.factory) or "").splitlines()[0] if inspect.getdoc(self.factory) else ""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The factory's tunable keyword arguments and their defaults (what `model.params` may set)."""
+        return {
+            k: p.default
+            for k, p in inspect.signature(self.factory).parameters.items()
+            if k not in DATA_ARGS and p.default is not inspect.Parameter.empty
+        }
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(fn: Callable[..., Any] | None = None, *, inputs: tuple[str, ...] = ("image",)):
+    """Decorator: `@register_model` or `@register_model(inputs=("features",))`."""
+    unknown = set(inputs) - set(INPUT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown input kinds {unknown}")
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        if f.__name__ in _REGISTRY:
+            raise ValueError(f"model {f.__name__!r} is registered twice")
+        _REGISTRY[f.__name__] = ModelEntry(f.__name__, f, tuple(inputs))
+        return f
+
+    return add(fn) if fn is not None else add
 
 
 def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-def describe_model(name: str) -> str:
-    return inspect.getdoc(_REGISTRY[name]) or ""
-
-
-def create_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, **params: Any):
-    factory = _REGISTRY.get(name)
-    if factory is None:
+def get_model_entry(name: str) -> ModelEntry:
+    entry = _REGISTRY.get(name)
+    if entry is None:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known models: {', '.join(list_models())}"
         raise UsageError(f"model.name: unknown model {name!r}{hint}")
-    accepted = inspect.signature(factory).parameters
-    unknown = [k for k in params if k not in accepted or k in ("input_shape", "num_classes")]
-    if unknown:
-        valid = [k for k in accepted if k not in ("input_shape", "num_classes")]
+    return entry
+
+
+def create_model(
+    name: str, *, input_shape: tuple[int, ...], num_classes: int, input_kind: str = "image", vocab_size: int | None = None, **params: Any
+):
+    entry = get_model_entry(name)
+    if input_kind not in entry.inputs:
+        fitting = [n for n, e in sorted(_REGISTRY.items()) if input_kind in e.inputs]
         raise UsageError(
-            f"model.params: {name} does not take {', '.join(map(repr, unknown))}; it takes: {', '.join(valid)}"
+            f"model.name: {name} takes {' or '.join(entry.inputs)} inputs, but this data gives {input_kind} "
+            f"of shape {list(input_shape)}; models for {input_kind}: {', '.join(fitting)}"
         )
-    return factory(input_shape=input_shape, num_classes=num_classes, **params)
+    unknown = [k for k in params if k not in entry.params]
+    if unknown:
+        raise UsageError(
+            f"model.params: {name} does not take {', '.join(map(repr, unknown))}; it takes: {', '.join(entry.params) or 'nothing'}"
+        )
+    data_args: dict[str, Any] = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+    if input_kind == "tokens":
+        data_args["vocab_size"] = vocab_size
+    return entry.factory(**data_args, **params)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from maasctl.errors import UsageError
-from maasctl.recipe.schema import Recipe
+from maasctl.recipe.schema import DATA_SOURCES, DigitsData, Recipe
 
 OVERRIDE_FORM = "key.path=value (for example train.epochs=5)"
 
@@ -34,7 +34,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(err, source, overridden) for err in exc.errors()]
+        data = raw.get("data")
+        data_model = DATA_SOURCES.get(data.get("source", "digits") if isinstance(data, dict) else "digits", DigitsData)
+        problems = [_describe(err, overridden, data_model) for err in exc.errors()]
         raise RecipeError(_format(source, problems)) from None
 
 
@@ -100,19 +102,26 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str]) -> set[tuple[str
     return overridden
 
 
-def _describe(err: dict[str, Any], source: str, overridden: set[tuple[str, ...]]) -> str:
-    loc = tuple(str(p) for p in err["loc"])
+def _describe(err: dict[str, Any], overridden: set[tuple[str, ...]], data_model: type[BaseModel]) -> str:
+    loc = _strip_tags(tuple(str(p) for p in err["loc"]))
+    if err["type"] == "union_tag_invalid":  # e.g. data.source: cvs
+        loc = loc + ("source",)
+        tag = str(err["ctx"]["tag"])
+        hint = _did_you_mean(tag, list(DATA_SOURCES))
+        message = f"unknown source {tag!r}" + (hint or f"; sources: {', '.join(DATA_SOURCES)}")
+        origin = " (from --set)" if any(loc[: len(o)] == o or o[: len(loc)] == loc for o in overridden) else ""
+        return f"{'.'.join(loc)}{origin}: {message}"
     key = ".".join(loc) or "(top level)"
     # An override and the failing key are related when either path is a prefix of the other.
     origin = " (from --set)" if any(loc[: len(o)] == o or o[: len(loc)] == loc for o in overridden) else ""
     if err["type"] == "extra_forbidden":
-        valid = _fields_at(loc[:-1])
+        valid = _fields_at(loc[:-1], data_model)
         hint = _did_you_mean(loc[-1], valid)
         message = f"unknown key{hint}" + (f"; valid keys here: {', '.join(valid)}" if not hint else "")
     else:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error" and isinstance(err.get("input"), str):
-            message += _did_you_mean(err["input"], _choices_at(loc))
+            message += _did_you_mean(err["input"], _choices_at(loc, data_model))
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             message += f" (got {err['input']!r})"
     return f"{key}{origin}: {message}"
@@ -123,9 +132,20 @@ def _did_you_mean(word: str, options: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+def _strip_tags(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """pydantic puts the union tag in error paths (data.csv.path); users wrote data.path."""
+    if len(loc) >= 2 and loc[0] == "data" and loc[1] in DATA_SOURCES:
+        return (loc[0],) + loc[2:]
+    return loc
+
+
+def _model_at(loc: tuple[str, ...], data_model: type[BaseModel]) -> type[BaseModel] | None:
+    """The schema section at a key path; `data` resolves to the section of the recipe's data source."""
     model: type[BaseModel] = Recipe
     for part in loc:
+        if model is Recipe and part == "data":
+            model = data_model
+            continue
         field = model.model_fields.get(part)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return None
@@ -133,13 +153,13 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _fields_at(loc: tuple[str, ...]) -> list[str]:
-    model = _model_at(loc)
+def _fields_at(loc: tuple[str, ...], data_model: type[BaseModel]) -> list[str]:
+    model = _model_at(loc, data_model)
     return list(model.model_fields) if model else []
 
 
-def _choices_at(loc: tuple[str, ...]) -> list[str]:
-    model = _model_at(loc[:-1])
+def _choices_at(loc: tuple[str, ...], data_model: type[BaseModel]) -> list[str]:
+    model = _model_at(loc[:-1], data_model)
     field = model.model_fields.get(loc[-1]) if model else None
     if field is None or typing.get_origin(field.annotation) is not typing.Literal:
         return []

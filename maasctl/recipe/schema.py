@@ -6,9 +6,9 @@ This file is the only place defaults live. `maasctl recipe show` prints them res
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
 class Section(BaseModel):
@@ -31,11 +31,98 @@ class SplitConfig(Section):
         return self
 
 
-class DataConfig(Section):
-    source: Literal["digits"] = Field(
-        "digits", description="dataset: 'digits' is the 8x8 handwritten digits set embedded in maasctl"
+class AugmentConfig(Section):
+    """Training-time image augmentation, applied per batch (never at validation, test or serving time)."""
+
+    random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then crop back at a random offset; 0: off")
+    horizontal_flip: bool = Field(False, description="flip half of the images left-right")
+
+
+class DigitsData(Section):
+    source: Literal["digits"] = Field("digits", description="the 8x8 handwritten digits embedded in maasctl")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class TorchvisionData(Section):
+    """A torchvision dataset by name; its official test split is the test split here."""
+
+    source: Literal["torchvision"]
+    name: Literal["MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100"]
+    root: str = Field("data", description="folder holding the dataset files (torchvision's layout)")
+    download: bool = Field(False, description="fetch the files when missing (needs internet)")
+    validation: float = Field(0.1, gt=0, lt=1, description="fraction of the training split held out for validation")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class ImageFolderData(Section):
+    """`root/<class>/<image>`: one sub-folder per class, any format Pillow reads."""
+
+    source: Literal["image_folder"]
+    root: str
+    image_size: tuple[int, int] = Field((32, 32), description="[height, width] every image is resized to")
+    channels: Literal[1, 3] = Field(3, description="1: greyscale, 3: RGB")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class CsvData(Section):
+    """Tabular CSV: numeric feature columns and a label column; features standardized with training statistics."""
+
+    source: Literal["csv"]
+    path: str
+    label_column: str = "label"
+    feature_columns: list[str] | None = Field(None, description="null: every column but the label")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class NpzData(Section):
+    """Arrays in .npz: x and y, optionally x_test/y_test (then the test split is given) and label names in `labels`."""
+
+    source: Literal["npz"]
+    path: str
+    kind: Literal["auto", "image", "features", "sequence", "tokens"] = Field(
+        "auto", description="auto: 4-D x is images (N,C,H,W), 3-D sequences (N,T,F), 2-D features (N,F)"
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class TextData(Section):
+    """Text classification from CSV or JSONL; the vocabulary is built from the training split and kept with the run."""
+
+    source: Literal["text"]
+    path: str
+    format: Literal["auto", "csv", "jsonl"] = Field("auto", description="auto: by the file's suffix")
+    text_column: str = "text"
+    label_column: str = "label"
+    max_len: int = Field(128, ge=1, description="tokens kept per text")
+    vocab_size: int = Field(20000, ge=10, description="most frequent training tokens kept; the rest map to <unk>")
+    min_freq: int = Field(1, ge=1)
+    lowercase: bool = True
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+DATA_SOURCES: dict[str, type[Section]] = {
+    "digits": DigitsData,
+    "torchvision": TorchvisionData,
+    "image_folder": ImageFolderData,
+    "csv": CsvData,
+    "npz": NpzData,
+    "text": TextData,
+}
+
+
+def _source_of(value: Any) -> str:
+    # A data section without `source` is the default digits set, so `--set data.split.train=0.8` just works.
+    if isinstance(value, dict):
+        return value.get("source", "digits")
+    return getattr(value, "source", "digits")
+
+
+DataConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(tag)] for tag, cls in DATA_SOURCES.items())],  # type: ignore[misc]
+    Discriminator(_source_of),
+]
 
 
 class ModelConfig(Section):
@@ -84,7 +171,7 @@ class Recipe(Section):
     name: str = Field(
         "digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="default run and model name"
     )
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DigitsData, description="the dataset: pick one `source`")
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

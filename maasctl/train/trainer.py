@@ -46,7 +46,12 @@ def resolve_device(requested: str) -> torch.device:
 def build_model_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
     """The architecture a checkpoint's weights belong to, from the metadata saved beside them."""
     return create_model(
-        meta["model_name"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"], **meta["model_params"]
+        meta["model_name"],
+        input_shape=tuple(meta["input_shape"]),
+        num_classes=meta["num_classes"],
+        input_kind=meta.get("input_kind", "image"),
+        vocab_size=meta.get("vocab_size"),
+        **meta["model_params"],
     )
 
 
@@ -63,6 +68,8 @@ class Trainer:
             "model_name": recipe.model.name,
             "model_params": recipe.model.params,
             "input_shape": list(self.data.input_shape),
+            "input_kind": self.data.input_kind,
+            "vocab_size": self.data.vocab_size,
             "num_classes": self.data.num_classes,
             "labels": self.data.labels,
             "preprocessing": self.data.preprocessing,
@@ -101,7 +108,7 @@ class Trainer:
             loss_sum = correct = 0.0
             for i in range(0, len(order), cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
-                logits = model(x_train[idx])
+                logits = model(augment_batch(x_train[idx], data.augment))
                 loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -191,6 +198,27 @@ def evaluate(model: torch.nn.Module, data: Dataset, split: str, device: torch.de
         predictions.append(logits.argmax(1).cpu())
     y_pred = torch.cat(predictions).numpy()
     return {"loss": loss_sum / len(y), **classification_metrics(getattr(data, split).y, y_pred, data.num_classes)}
+
+
+def augment_batch(x: torch.Tensor, cfg: Any) -> torch.Tensor:
+    """Random crop (zero padding, i.e. the mean pixel after normalisation) and horizontal flip, per sample."""
+    if cfg is None or x.dim() != 4:
+        return x
+    n, c, h, w = x.shape
+    if cfg.horizontal_flip:
+        flip = (torch.rand(n) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    p = cfg.random_crop_padding
+    if p:
+        padded = F.pad(x, (p, p, p, p))
+        top = torch.randint(0, 2 * p + 1, (n,)).to(x.device)
+        left = torch.randint(0, 2 * p + 1, (n,)).to(x.device)
+        rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chans = torch.arange(c, device=x.device)[None, :, None, None]
+        x = padded[batch, chans, rows, cols]
+    return x
 
 
 def _score(row: dict[str, Any], metric: str) -> list[float]:

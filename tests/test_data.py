@@ -1,0 +1,219 @@
+"""Every data source on tiny files made here: splits, preprocessing fitted on training data only, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from maasctl.data import build_dataset
+from maasctl.errors import UsageError
+from maasctl.preprocess import UNK, TextEncoder, load_image, normalize_features, normalize_images
+from maasctl.recipe import load_recipe
+
+
+def data_of(*overrides: str, seed: int = 0):
+    return build_dataset(load_recipe(None, list(overrides)).data, seed)
+
+
+# --- CSV ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def iris_like(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "flowers.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["petal", "sepal", "colour_code", "species"])
+        for i in range(90):
+            cls = ["setosa", "versicolor", "virginica"][i % 3]
+            w.writerow([rng.normal(i % 3, 0.2), rng.normal(10 + 5 * (i % 3), 1), 7, cls])
+    return path
+
+
+def test_csv_standardizes_with_training_statistics_only(iris_like):
+    d = data_of("data.source=csv", f"data.path={iris_like}", "data.label_column=species")
+    assert d.labels == ["setosa", "versicolor", "virginica"] and d.input_kind == "features"
+    assert d.preprocessing["columns"] == ["petal", "sepal", "colour_code"]
+    np.testing.assert_allclose(d.train.x[:, :2].mean(0), 0, atol=1e-6)  # fitted on train...
+    assert abs(d.test.x[:, 1].mean()) > 1e-6  # ...so the test split is not exactly centred
+    assert (d.train.x[:, 2] == 0).all()  # a constant column passes through as 0, not NaN
+    raw = np.array([[1.0, 15.0, 7.0]])
+    assert normalize_features(raw, d.preprocessing).shape == (1, 3)
+
+
+def test_csv_wrong_label_column_suggests(iris_like):
+    with pytest.raises(UsageError, match=r"data.label_column: 'specie' is not a column .* did you mean 'species'"):
+        data_of("data.source=csv", f"data.path={iris_like}", "data.label_column=specie")
+
+
+def test_csv_non_numeric_feature_names_column_and_row(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n1,x,0\n2,3,1\n")
+    with pytest.raises(UsageError, match=r"non-numeric values .* b \(row 2: 'x'\)"):
+        data_of("data.source=csv", f"data.path={path}")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(UsageError, match="data.path: no such file"):
+        data_of("data.source=csv", f"data.path={tmp_path / 'nope.csv'}")
+
+
+def test_csv_trains_from_the_cli(iris_like, tmp_path):
+    out = run_cli(
+        "train", "--set", "data.source=csv", "--set", f"data.path={iris_like}", "--set", "data.label_column=species",
+        "--set", "model.name=mlp", "--set", "train.epochs=15", "--set", "train.batch_size=16", "--json", cwd=tmp_path,
+    )
+    assert json.loads(out.stdout)["metrics"]["test_accuracy"] > 0.9  # well-separated classes
+
+
+def test_cnn_on_tabular_data_names_the_fitting_models(iris_like, tmp_path):
+    proc = run_cli("train", "--set", "data.source=csv", "--set", f"data.path={iris_like}", "--set", "data.label_column=species", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "cnn_small takes image inputs" in proc.stderr and "mlp" in proc.stderr
+    assert not (tmp_path / "artifacts" / "runs").exists()
+
+
+# --- npz ---------------------------------------------------------------------------------------------------------
+
+
+def test_npz_kinds_and_given_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    images = tmp_path / "img.npz"
+    np.savez(images, x=rng.random((60, 3, 6, 6)), y=np.arange(60) % 3, x_test=rng.random((9, 3, 6, 6)), y_test=np.arange(9) % 3, labels=np.array(["a", "b", "c"]))
+    d = data_of("data.source=npz", f"data.path={images}")
+    assert d.input_kind == "image" and d.input_shape == (3, 6, 6) and len(d.test.y) == 9 and d.labels == ["a", "b", "c"]
+    assert len(d.train.y) + len(d.validation.y) == 60
+
+    seqs = tmp_path / "seq.npz"
+    np.savez(seqs, x=rng.random((30, 12)), y=np.arange(30) % 2)
+    d = data_of("data.source=npz", f"data.path={seqs}", "data.kind=sequence")
+    assert d.input_kind == "sequence" and d.input_shape == (12, 1)
+
+    tokens = tmp_path / "tok.npz"
+    ids = rng.integers(0, 40, (30, 12))
+    np.savez(tokens, x=ids, y=np.arange(30) % 2)
+    d = data_of("data.source=npz", f"data.path={tokens}", "data.kind=tokens")
+    assert d.input_kind == "tokens" and d.train.x.dtype == np.int64
+    assert d.vocab_size == ids.max() + 1  # embedding rows for every id that occurs
+
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=rng.random((30, 5)), y=np.arange(30) % 2)
+    assert data_of("data.source=npz", f"data.path={flat}").input_kind == "features"
+
+
+def test_npz_missing_arrays_and_pickles_are_refused(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, inputs=np.zeros((3, 2)))
+    with pytest.raises(UsageError, match=r"lacks array\(s\) x, y"):
+        data_of("data.source=npz", f"data.path={path}")
+    pickled = tmp_path / "obj.npz"
+    np.savez(pickled, x=np.array([{"a": 1}] * 30, dtype=object), y=np.arange(30) % 2)
+    with pytest.raises(UsageError, match="not a readable .npz|Object arrays cannot be loaded"):
+        data_of("data.source=npz", f"data.path={pickled}")
+
+
+# --- image folder ------------------------------------------------------------------------------------------------
+
+
+def _image_folder(root, per_class=8):
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    rng = np.random.default_rng(0)
+    for name, rgb in colours.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.integers(-20, 20, (20, 24, 3))
+            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+def test_image_folder_loads_resizes_and_matches_the_serving_path(tmp_path):
+    root = _image_folder(tmp_path / "imgs")
+    d = data_of("data.source=image_folder", f"data.root={root}", "data.image_size=[16,16]")
+    assert d.labels == ["blue", "green", "red"] and d.input_shape == (3, 16, 16)
+    assert len(d.preprocessing["mean"]) == 3  # per channel
+    # The serving path (Pillow + numpy, no torch) gives the training tensor for the same file.
+    f = sorted((root / "red").iterdir())[0]
+    served = normalize_images(load_image(f, d.preprocessing)[None], d.preprocessing)[0]
+    assert any(np.abs(served - x).max() < 1e-6 for x in np.concatenate([d.train.x, d.validation.x, d.test.x]))
+
+
+def test_image_folder_errors(tmp_path):
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(UsageError, match="no images found under"):
+        data_of("data.source=image_folder", f"data.root={tmp_path / 'empty'}")
+    root = _image_folder(tmp_path / "imgs", per_class=3)
+    (root / "grey").mkdir()
+    with pytest.raises(UsageError, match="class folders with no images .* grey"):
+        data_of("data.source=image_folder", f"data.root={root}")
+    (root / "grey" / "broken.png").write_text("nope")
+    with pytest.raises(UsageError, match="broken.png: not a readable image"):
+        data_of("data.source=image_folder", f"data.root={root}")
+
+
+def test_image_folder_trains_with_augmentation(tmp_path):
+    root = _image_folder(tmp_path / "imgs")
+    out = run_cli(
+        "train", "--set", "data.source=image_folder", "--set", f"data.root={root}", "--set", "data.image_size=[12,12]",
+        "--set", "data.augment.random_crop_padding=2", "--set", "data.augment.horizontal_flip=true",
+        "--set", "data.split={train: 0.5, validation: 0.25, test: 0.25}", "--set", "train.epochs=8", "--json", cwd=tmp_path,
+    )
+    assert json.loads(out.stdout)["metrics"]["test_accuracy"] >= 0.8  # colours are easy
+
+
+# --- text --------------------------------------------------------------------------------------------------------
+
+
+def test_text_vocabulary_comes_from_training_split_only(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    rows = [{"text": f"Great film number {i}!" if i % 2 else f"awful movie {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    d = data_of("data.source=text", f"data.path={path}", "data.max_len=6")
+    assert d.input_kind == "tokens" and d.input_shape == (6,) and d.labels == ["neg", "pos"]
+    vocab = d.preprocessing["vocab"]
+    assert "great" in vocab and "Great" not in vocab  # lowercased
+    encode = TextEncoder(d.preprocessing)
+    ids = encode(["great film zzzunseen"])[0]
+    assert ids[2] == UNK and ids[3:].tolist() == [0, 0, 0]
+    # The training tensors are exactly what the serving-side encoder makes from the raw texts.
+    np.testing.assert_array_equal(encode([rows[0]["text"]])[0], encode([rows[0]["text"]])[0])
+    assert d.vocab_size == len(vocab) + 2
+
+
+def test_text_csv_and_missing_column(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("body,label\n" + "".join(f"hello world {i},{i % 2}\n" for i in range(20)))
+    with pytest.raises(UsageError, match=r"data.text_column: 'text' is not a column .*body"):
+        data_of("data.source=text", f"data.path={path}")
+    d = data_of("data.source=text", f"data.path={path}", "data.text_column=body")
+    assert d.labels == ["0", "1"]
+
+
+# --- torchvision ---------------------------------------------------------------------------------------------------
+
+
+def _write_idx(root, prefix, images, labels):
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, h, w) + images.tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_from_local_files(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path, "train", rng.integers(0, 255, (100, 28, 28), dtype=np.uint8), np.arange(100) % 10)
+    _write_idx(tmp_path, "t10k", rng.integers(0, 255, (20, 28, 28), dtype=np.uint8), np.arange(20) % 10)
+    d = data_of("data.source=torchvision", "data.name=MNIST", f"data.root={tmp_path}")
+    assert d.input_shape == (1, 28, 28) and len(d.test.y) == 20 and len(d.train.y) + len(d.validation.y) == 100
+    assert d.labels[3] == "three"
+
+
+def test_torchvision_missing_files_say_what_to_fetch_where(tmp_path):
+    with pytest.raises(UsageError, match=r"MNIST is not under .* data.download=true .*/MNIST/raw/train-images-idx3-ubyte"):
+        data_of("data.source=torchvision", "data.name=MNIST", f"data.root={tmp_path}")
