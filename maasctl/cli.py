@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 recipe_app = typer.Typer(help="Show recipes resolved with their defaults, and the recipe schema.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+models_app = typer.Typer(help="Model architectures (the registry) and the model repository.")
+app.add_typer(models_app, name="models")
 
 ARTIFACTS = typer.Option(Path("artifacts"), "--artifacts", envvar="MAASCTL_ARTIFACTS", help="where runs/ and models/ live")
 REPO = typer.Option(Path("artifacts/models"), "--repo", envvar="MAASCTL_REPO", help="model repository folder")
@@ -168,6 +170,78 @@ def predict(
     for p in predictions:
         table.add_row(p.input, p.label, f"{p.probability:.4f}")
     Console().print(table)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="repository name, name:version, or a model folder path"),
+    split: str = typer.Option("test", "--split", help="train | validation | test, as the model's recipe splits its data"),
+    repo: Path = REPO,
+    json_: bool = JSON,
+) -> None:
+    """Score the exported ONNX model (onnxruntime, no torch) on its recipe's data split."""
+    from maasctl.evaluate import evaluate_model
+
+    result = evaluate_model(model, repo, split)
+    m = result["metrics"]
+    _log(
+        f"{result['name']} version {result['version']} on {result['samples']} {split} samples: accuracy {m['accuracy']:.2%}, "
+        f"macro F1 {m['macro_f1']:.4f}, macro precision {m['macro_precision']:.4f}, macro recall {m['macro_recall']:.4f}"
+    )
+    if json_:
+        _emit_json(result)
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context) -> None:
+    """The model architectures a recipe's model.name may use (the registry)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from maasctl.models import list_models
+    from maasctl.models.registry import get_model_entry
+
+    table = Table("name", "inputs", "model.params (defaults)", "description")
+    for name in list_models():
+        entry = get_model_entry(name)
+        params = ", ".join(f"{k}={v!r}" for k, v in entry.params.items())
+        table.add_row(name, ", ".join(entry.inputs), params, entry.description)
+    Console(soft_wrap=True).print(table)
+
+
+@models_app.command("list")
+def models_list(repo: Path = REPO, json_: bool = JSON) -> None:
+    """The model repository: names, versions, test accuracy, sizes."""
+    from maasctl.repository import ModelRepository
+
+    repository = ModelRepository(repo)
+    rows = []
+    for name in repository.names():
+        for version in repository.versions(name):
+            manifest = repository.get(name, version).manifest()
+            rows.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "test_accuracy": manifest.get("metrics", {}).get("test_accuracy"),
+                    "bytes": manifest["onnx"]["bytes"],
+                    "created": manifest.get("created"),
+                    "exporter": manifest["onnx"].get("exporter"),
+                }
+            )
+    if json_:
+        _emit_json({"repository": str(repo), "models": rows})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "version", "test accuracy", "size", "created", title=str(repo))
+    for r in rows:
+        acc = f"{r['test_accuracy']:.2%}" if r["test_accuracy"] is not None else "-"
+        table.add_row(r["name"], str(r["version"]), acc, f"{r['bytes'] / 1024:.1f} KiB", r["created"] or "-")
+    Console(soft_wrap=True).print(table)
 
 
 @app.command()

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import onnx
+import pytest
 
 from conftest import run_cli
 
@@ -59,3 +60,30 @@ def test_tampered_model_is_refused_by_predict(model_repo, tmp_path):
     proc = run_cli("predict", "digits", str(sample), "--repo", str(repo), check=False)
     assert proc.returncode == 3
     assert "does not match the manifest" in proc.stderr
+
+
+def test_triton_config_sits_beside_the_versions(model_repo):
+    config = (model_repo / "digits" / "config.pbtxt").read_text()
+    assert 'name: "digits"' in config and 'platform: "onnxruntime_onnx"' in config
+    assert "max_batch_size: 64" in config and "dynamic_batching" in config
+    assert 'name: "input" data_type: TYPE_FP32 dims: [ 1, 8, 8 ]' in config  # batch axis left to Triton
+    assert 'name: "logits" data_type: TYPE_FP32 dims: [ 10 ]' in config
+
+
+def test_evaluate_onnx_matches_the_pytorch_test_accuracy(workspace, model_repo):
+    out = json.loads(run_cli("evaluate", "digits", "--repo", str(model_repo), "--json").stdout)
+    trained = json.loads((workspace / "train.json").read_text())["metrics"]
+    assert out["split"] == "test" and out["samples"] == 269
+    assert out["metrics"]["accuracy"] == trained["test_accuracy"]
+    assert out["metrics"]["macro_f1"] == pytest.approx(trained["test_macro_f1"])
+    assert sum(map(sum, out["metrics"]["confusion_matrix"])) == 269
+    bad = run_cli("evaluate", "digits", "--split", "holdout", "--repo", str(model_repo), check=False)
+    assert bad.returncode == 2 and "--split 'holdout'" in bad.stderr
+
+
+def test_models_lists_registry_and_repository(model_repo):
+    registry = run_cli("models").stdout
+    assert "cnn_small" in registry and "mlp" in registry
+    listing = json.loads(run_cli("models", "list", "--repo", str(model_repo), "--json").stdout)
+    assert [(m["name"], m["version"]) for m in listing["models"]] == [("digits", 1)]
+    assert listing["models"][0]["bytes"] == (model_repo / "digits" / "1" / "model.onnx").stat().st_size

@@ -20,7 +20,7 @@ import torch
 from maasctl import __version__
 from maasctl.data import build_dataset
 from maasctl.errors import CheckFailed, UsageError
-from maasctl.fileio import atomic_write_json, sha256_file
+from maasctl.fileio import atomic_write_json, atomic_write_text, sha256_file
 from maasctl.recipe import load_recipe
 from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, ModelRepository, discard
 from maasctl.train.checkpoint import load_checkpoint
@@ -70,28 +70,32 @@ def export_run(
 
     data = build_dataset(recipe.data, recipe.train.seed)
     samples = data.test.x[:PARITY_SAMPLES]
+    sequence_axis = meta.get("input_kind") in ("sequence", "tokens")
     staged = repo.staging_dir()
     try:
         onnx_path = staged / ONNX_FILE
-        used = _export(model, samples[:2], onnx_path, opset, exporter, log)
+        used = _export(model, samples[:2], onnx_path, opset, exporter, sequence_axis, log)
         _check_onnx(onnx_path)
-        diff, agreement = _parity(model, onnx_path, samples)
+        diff, agreement = _parity(model, onnx_path, samples, sequence_axis)
         log(f"parity on {len(samples)} held-out samples: max |onnx - torch| = {diff:.3g}, top-1 agreement {agreement:.2%}")
         if diff > atol or agreement < 1.0:
             raise CheckFailed(
                 f"export parity failed: max |onnx - torch| = {diff:.3g} (tolerance {atol:g}), "
                 f"top-1 agreement {agreement:.2%}; nothing was filed"
             )
-        manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement)
+        manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement, sequence_axis)
+        manifest["recipe"] = recipe.model_dump(mode="json")  # the model folder alone says how to rebuild its data
         atomic_write_json(staged / MANIFEST, manifest)
         filed = repo.add_version(name or recipe.name, staged)
     except BaseException:
         discard(staged)
         raise
+    # Triton reads <repo>/<name>/config.pbtxt beside the version folders: the same repository serves there too.
+    atomic_write_text(filed.path.parent / "config.pbtxt", triton_config(filed.name, manifest))
     return ExportResult(filed.name, filed.version, filed.path, used, diff, agreement)
 
 
-def _export(model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, exporter: str, log) -> str:
+def _export(model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, exporter: str, sequence_axis: bool, log) -> str:
     """Export with torch.export (dynamo) first; fall back to the TorchScript exporter on patterns it rejects."""
     args = (torch.from_numpy(example),)
     names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset, "external_data": False}
@@ -103,10 +107,12 @@ def _export(model: torch.nn.Module, example: np.ndarray, path: Path, opset: int,
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if kind == "dynamo":
-                    batch = torch.export.Dim("batch", min=1, max=65536)
-                    torch.onnx.export(model, args, path, dynamo=True, verbose=False, dynamic_shapes=({0: batch},), **names)
+                    dims = {0: torch.export.Dim("batch", min=1, max=65536)}
+                    if sequence_axis:
+                        dims[1] = torch.export.Dim("sequence", min=2, max=65536)
+                    torch.onnx.export(model, args, path, dynamo=True, verbose=False, dynamic_shapes=(dims,), **names)
                 else:
-                    axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
+                    axes = {"input": {0: "batch", 1: "sequence"} if sequence_axis else {0: "batch"}, "logits": {0: "batch"}}
                     torch.onnx.export(model, args, path, dynamo=False, dynamic_axes=axes, **names)
             log(f"exported with the {kind} exporter, opset {opset}")
             return kind
@@ -126,23 +132,53 @@ def _check_onnx(path: Path) -> None:
         raise CheckFailed(f"the exported model fails onnx.checker: {exc}; nothing was filed") from None
 
 
-def _parity(model: torch.nn.Module, onnx_path: Path, samples: np.ndarray) -> tuple[float, float]:
+def _parity(model: torch.nn.Module, onnx_path: Path, samples: np.ndarray, sequence_axis: bool) -> tuple[float, float]:
+    """Largest |onnx - torch| and top-1 agreement, at a full batch and at batch size 1 (a frozen batch axis shows
+    only when the size changes), and for sequence models also at a shorter sequence length."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    inputs = [samples]
+    if sequence_axis and samples.shape[1] >= 4:
+        inputs.append(np.ascontiguousarray(samples[:, : samples.shape[1] // 2]))
+    diff, agreement = 0.0, 1.0
     with torch.no_grad():
-        expected = model(torch.from_numpy(samples)).numpy()
-    batched = session.run(["logits"], {"input": samples})[0]
-    # Batch size 1 too: a frozen or mis-traced batch axis shows up only when the size changes.
-    single = np.concatenate([session.run(["logits"], {"input": samples[i : i + 1]})[0] for i in range(min(8, len(samples)))])
-    diff = max(float(np.abs(batched - expected).max()), float(np.abs(single - expected[: len(single)]).max()))
-    agreement = float((batched.argmax(1) == expected.argmax(1)).mean())
+        for x in inputs:
+            expected = model(torch.from_numpy(x)).numpy()
+            batched = session.run(["logits"], {"input": x})[0]
+            single = np.concatenate([session.run(["logits"], {"input": x[i : i + 1]})[0] for i in range(min(8, len(x)))])
+            diff = max(diff, float(np.abs(batched - expected).max()), float(np.abs(single - expected[: len(single)]).max()))
+            agreement = min(agreement, float((batched.argmax(1) == expected.argmax(1)).mean()))
     return diff, agreement
 
 
-def _manifest(run_dir: Path, meta: dict[str, Any], onnx_path: Path, opset: int, exporter: str, diff: float, agreement: float) -> dict[str, Any]:
+TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "FP16": "TYPE_FP16", "INT32": "TYPE_INT32"}
+
+
+def triton_config(name: str, manifest: dict[str, Any], max_batch_size: int = 64) -> str:
+    """A Triton model configuration for its onnxruntime backend. With a dynamic batch axis (what export
+    writes) Triton may batch requests itself: dims then leave the batch axis out."""
+    batched = all(t["shape"][0] == -1 for t in manifest["inputs"] + manifest["outputs"])
+
+    def tensors(kind: str) -> str:
+        parts = []
+        for t in manifest[kind]:
+            dims = ", ".join(str(d) for d in (t["shape"][1:] if batched else t["shape"]))
+            parts.append(f'  {{ name: "{t["name"]}" data_type: {TRITON_TYPES[t["datatype"]]} dims: [ {dims} ] }}')
+        return f"{kind[:-1]} [\n" + ",\n".join(parts) + "\n]\n"
+
+    head = f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size if batched else 0}\n'
+    return head + tensors("inputs") + tensors("outputs") + ("dynamic_batching { }\n" if batched else "")
+
+
+def _manifest(
+    run_dir: Path, meta: dict[str, Any], onnx_path: Path, opset: int, exporter: str, diff: float, agreement: float, sequence_axis: bool
+) -> dict[str, Any]:
     import json
 
+    input_shape = [-1, *meta["input_shape"]]
+    if sequence_axis:
+        input_shape[1] = -1
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return {
@@ -150,7 +186,8 @@ def _manifest(run_dir: Path, meta: dict[str, Any], onnx_path: Path, opset: int, 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "maasctl_version": __version__,
         "task": "classification",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *meta["input_shape"]]}],
+        "input_kind": meta.get("input_kind", "image"),
+        "inputs": [{"name": "input", "datatype": "INT64" if meta.get("input_kind") == "tokens" else "FP32", "shape": input_shape}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, meta["num_classes"]]}],
         "labels": meta["labels"],
         "preprocessing": meta["preprocessing"],

@@ -1,0 +1,38 @@
+"""`maasctl evaluate`: the filed ONNX model, run by onnxruntime over its recipe's split, scored with the same
+metrics as training. No torch (except for a torchvision data source, whose files torchvision reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maasctl.errors import UsageError
+from maasctl.metrics import classification_metrics
+from maasctl.repository import ModelRepository, resolve_model
+from maasctl.runtime import load_model
+
+SPLITS = ("train", "validation", "test")
+
+
+def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size: int = 256) -> dict[str, Any]:
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+    from maasctl.data import build_dataset
+    from maasctl.recipe import Recipe
+
+    version = resolve_model(spec, ModelRepository(repo))
+    model = load_model(version, device="cpu")
+    recipe_doc = model.manifest.get("recipe")
+    if recipe_doc is None:
+        raise UsageError(f"{version.path}: the manifest records no recipe (exported by an older maasctl); re-export the run")
+    recipe = Recipe.model_validate(recipe_doc)
+    data = build_dataset(recipe.data, recipe.train.seed)
+    part = getattr(data, split)
+    name_in, name_out = model.inputs[0].name, model.manifest["outputs"][0]["name"]
+    predictions = [
+        model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out].argmax(1) for i in range(0, len(part.y), batch_size)
+    ]
+    metrics = classification_metrics(part.y, np.concatenate(predictions), data.num_classes)
+    return {"name": version.name, "version": version.version, "split": split, "samples": int(len(part.y)), "metrics": metrics}
