@@ -74,15 +74,7 @@ def export_run(
     staged = repo.staging_dir()
     try:
         onnx_path = staged / ONNX_FILE
-        used = _export(model, samples[:2], onnx_path, opset, exporter, sequence_axis, log)
-        _check_onnx(onnx_path)
-        diff, agreement = _parity(model, onnx_path, samples, sequence_axis)
-        log(f"parity on {len(samples)} held-out samples: max |onnx - torch| = {diff:.3g}, top-1 agreement {agreement:.2%}")
-        if diff > atol or agreement < 1.0:
-            raise CheckFailed(
-                f"export parity failed: max |onnx - torch| = {diff:.3g} (tolerance {atol:g}), "
-                f"top-1 agreement {agreement:.2%}; nothing was filed"
-            )
+        used, diff, agreement = _export_checked(model, samples, onnx_path, opset, exporter, atol, sequence_axis, log)
         manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement, sequence_axis)
         manifest["recipe"] = recipe.model_dump(mode="json")  # the model folder alone says how to rebuild its data
         atomic_write_json(staged / MANIFEST, manifest)
@@ -95,32 +87,44 @@ def export_run(
     return ExportResult(filed.name, filed.version, filed.path, used, diff, agreement)
 
 
-def _export(model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, exporter: str, sequence_axis: bool, log) -> str:
-    """Export with torch.export (dynamo) first; fall back to the TorchScript exporter on patterns it rejects."""
-    args = (torch.from_numpy(example),)
-    names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset, "external_data": False}
+def _export_checked(model, samples, onnx_path: Path, opset: int, exporter: str, atol: float, sequence_axis: bool, log) -> tuple[str, float, float]:
+    """Export, check and compare, exporter by exporter: `auto` tries torch.export (dynamo) first and falls back to
+    the TorchScript exporter when dynamo fails or its graph does not match PyTorch (it mis-traces some RNN
+    patterns, e.g. a sequence length baked into an Expand). Returns (exporter, max diff, top-1 agreement)."""
     attempts = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     errors = []
     for kind in attempts:
         try:
-            # The exporters print progress on stdout; keep stdout for --json.
-            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if kind == "dynamo":
-                    dims = {0: torch.export.Dim("batch", min=1, max=65536)}
-                    if sequence_axis:
-                        dims[1] = torch.export.Dim("sequence", min=2, max=65536)
-                    torch.onnx.export(model, args, path, dynamo=True, verbose=False, dynamic_shapes=(dims,), **names)
-                else:
-                    axes = {"input": {0: "batch", 1: "sequence"} if sequence_axis else {0: "batch"}, "logits": {0: "batch"}}
-                    torch.onnx.export(model, args, path, dynamo=False, dynamic_axes=axes, **names)
+            _export(model, samples[:2], onnx_path, opset, kind, sequence_axis)
+            _check_onnx(onnx_path)
+            diff, agreement = _parity(model, onnx_path, samples, sequence_axis)
             log(f"exported with the {kind} exporter, opset {opset}")
-            return kind
+            log(f"parity on {len(samples)} held-out samples: max |onnx - torch| = {diff:.3g}, top-1 agreement {agreement:.2%}")
+            if diff > atol or agreement < 1.0:
+                raise CheckFailed(f"parity failed: max |onnx - torch| = {diff:.3g} (tolerance {atol:g}), top-1 agreement {agreement:.2%}")
+            return kind, diff, agreement
         except Exception as exc:
-            errors.append(f"{kind}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            if len(attempts) > 1:
-                log(f"the {kind} exporter failed ({errors[-1]}); trying the next one")
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            errors.append(f"{kind}: {text}")
+            if kind != attempts[-1]:
+                log(f"the {kind} exporter failed ({text}); falling back to {attempts[attempts.index(kind) + 1]}")
     raise CheckFailed("ONNX export failed; nothing was filed:\n  " + "\n  ".join(errors))
+
+
+def _export(model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, kind: str, sequence_axis: bool) -> None:
+    args = (torch.from_numpy(example),)
+    names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset, "external_data": False}
+    # The exporters print progress on stdout; keep stdout for --json.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "dynamo":
+            dims = {0: torch.export.Dim("batch", min=1, max=65536)}
+            if sequence_axis:
+                dims[1] = torch.export.Dim("sequence", min=2, max=65536)
+            torch.onnx.export(model, args, path, dynamo=True, verbose=False, dynamic_shapes=(dims,), **names)
+        else:
+            axes = {"input": {0: "batch", 1: "sequence"} if sequence_axis else {0: "batch"}, "logits": {0: "batch"}}
+            torch.onnx.export(model, args, path, dynamo=False, dynamic_axes=axes, **names)
 
 
 def _check_onnx(path: Path) -> None:
@@ -129,7 +133,7 @@ def _check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)  # full_check runs strict shape inference
     except Exception as exc:
-        raise CheckFailed(f"the exported model fails onnx.checker: {exc}; nothing was filed") from None
+        raise CheckFailed(f"the exported model fails onnx.checker: {exc}") from None
 
 
 def _parity(model: torch.nn.Module, onnx_path: Path, samples: np.ndarray, sequence_axis: bool) -> tuple[float, float]:
