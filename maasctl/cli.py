@@ -245,6 +245,15 @@ def models_list(repo: Path = REPO, json_: bool = JSON) -> None:
 
 
 @app.command()
+def examples(dest: Path = typer.Argument(Path("data/examples"), help="folder to write the example datasets into")) -> None:
+    """Write the example datasets that the recipes in recipes/ train on (no network needed)."""
+    from maasctl.data.examples import write_examples
+
+    for name, path in write_examples(dest).items():
+        _log(f"wrote {path}")
+
+
+@app.command()
 def doctor() -> None:
     """Versions, what torch and onnxruntime see (CUDA?), and known installation conflicts."""
     from maasctl.doctor import run_doctor
