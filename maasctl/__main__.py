@@ -1,3 +1,3 @@
-from maasctl.cli import main
+from maasctl.launcher import main
 
 main()

@@ -148,28 +148,19 @@ def serve(
     run_server(str(repo), host, port, device, int(max_body_mb * 1024 * 1024), access_log, drain_seconds, batching, token)
 
 
-@app.command(help=f"Predict labels for inputs, locally with onnxruntime or through a server. {EXIT_CODES}")
-def predict(
-    model: str = typer.Argument(..., help="repository name, name:version, or a model folder path"),
-    inputs: List[str] = typer.Argument(..., help="image files, or .npy/.json tensors (one sample or a batch)"),
-    url: Optional[str] = typer.Option(None, "--url", help="a running server, e.g. http://127.0.0.1:8000"),
-    repo: Path = REPO,
-    json_: bool = JSON,
-) -> None:
-    from maasctl.predict import LocalTarget, RemoteTarget, predict as run_predict
+@app.command(
+    help="Predict labels for images and tensors (files, folders, globs, stdin), locally or through a server, "
+    "and gate CI on expected labels. Exit codes: 0 ok, 1 gate failed, 2 usage or input error, 3 model or server "
+    "unavailable. All options: maasctl predict --help.",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+def predict(ctx: typer.Context) -> None:
+    # The arguments go to predict's own argparse parser untouched (maasctl/predict/command.py says why);
+    # `python -m maasctl.predict` runs the same parser without typer, for the fastest start.
+    from maasctl.predict.command import main as predict_main
 
-    target = RemoteTarget(model, url) if url else LocalTarget(model, repo)
-    predictions = run_predict(target, inputs)
-    if json_:
-        _emit_json({"predictions": [p.to_json() for p in predictions]})
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("input", "label", "probability")
-    for p in predictions:
-        table.add_row(p.input, p.label, f"{p.probability:.4f}")
-    Console().print(table)
+    raise typer.Exit(predict_main(ctx.args))
 
 
 @app.command()

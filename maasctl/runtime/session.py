@@ -76,12 +76,16 @@ def select_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def load_model(model: ModelVersion, device: str = "auto", verify: bool = True) -> LoadedModel:
+def load_model(model: ModelVersion, device: str = "auto", verify: bool = True, allow_spinning: bool = True) -> LoadedModel:
+    """`allow_spinning=False` stops onnxruntime's worker threads from busy-waiting between runs: better when the
+    caller does CPU work of its own between runs (predict decoding images on a small machine)."""
     manifest = model.manifest()
     if verify:
         verify_onnx(model.path, manifest)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=select_providers(device))
     except UsageError:

@@ -1,0 +1,151 @@
+"""The prediction loop: sources in, batches through the target, predictions and problems out.
+
+Sources are read one at a time and their samples gathered into batches of `batch_size`, so memory stays
+bounded by one batch however many files there are. A bad input becomes a `Problem` and the loop goes on
+(unless `fail_fast`); a model or server that stops answering ends the loop (`Outcome.fatal`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from maasctl.errors import EXIT_UNAVAILABLE, MaasctlError, UsageError
+from maasctl.predict.inputs import ModelInput, Problem, Sample, Source, expand_inputs, load_source, stack_samples
+from maasctl.predict.targets import Target
+
+
+@dataclass
+class Prediction:
+    input: str
+    label: str
+    probability: float
+    index: int
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    source: str = ""  # the file the input came from
+    item: int | None = None  # its index in a batch file
+    expected: str | None = None
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.expected is None else self.label == self.expected
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "input": self.input,
+            "label": self.label,
+            "probability": self.probability,
+            "index": self.index,
+            "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
+        }
+        if self.expected is not None:
+            doc["expected"] = self.expected
+            doc["correct"] = self.correct
+        return doc
+
+
+@dataclass
+class Outcome:
+    predictions: list[Prediction] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # every problem, `fatal` included
+    fatal: Problem | None = None  # the model or server stopped answering
+    stopped: bool = False  # ended before every input was tried (fatal, or --fail-fast)
+
+
+def run_predictions(
+    target: Target,
+    items: Iterable[Source | Problem],
+    *,
+    batch_size: int = 64,
+    top_k: int = 1,
+    fail_fast: bool = False,
+    on_problem: Callable[[Problem], None] = lambda p: None,
+    on_source: Callable[[], None] = lambda: None,
+) -> Outcome:
+    model_input = ModelInput.from_manifest(target.manifest)
+    labels = model_labels(target.manifest)
+    outcome, pending = Outcome(), []
+    items = list(items)
+
+    def problem(p: Problem) -> None:
+        outcome.problems.append(p)
+        on_problem(p)
+
+    def flush(batch: list[Sample]) -> bool:
+        """Predict one batch; False when the target failed for good."""
+        try:
+            x = stack_samples(batch, model_input)
+        except ValueError:  # dynamic dimensions of different sizes: one at a time
+            return all(flush([s]) for s in batch)
+        try:
+            logits = target.logits(x)
+        except UsageError as exc:  # the server refused this batch: its inputs failed, the rest may not
+            for s in batch:
+                problem(Problem(s.name, f"{s.name}: {exc}"))
+            return True
+        except MaasctlError as exc:
+            outcome.fatal = Problem(None, str(exc), EXIT_UNAVAILABLE)
+            problem(outcome.fatal)
+            outcome.stopped = True
+            return False
+        outcome.predictions += _predictions(batch, logits, labels, top_k)
+        return True
+
+    for position, item in enumerate(items):
+        if isinstance(item, Problem):
+            problem(item)
+        else:
+            try:
+                pending += load_source(item, model_input)
+            except UsageError as exc:
+                problem(Problem(item.name, str(exc)))
+            while len(pending) >= batch_size:
+                if not flush(pending[:batch_size]):
+                    return outcome
+                pending = pending[batch_size:]
+        on_source()
+        if fail_fast and outcome.problems:
+            outcome.stopped = position < len(items) - 1
+            break
+    if pending:
+        flush(pending)  # with --fail-fast: the inputs before the bad one are still predicted
+    return outcome
+
+
+def model_labels(manifest: dict[str, Any]) -> list[str]:
+    """Class names by output index; an index with no name is shown as its number."""
+    return [str(label) for label in manifest.get("labels") or []]
+
+
+def _predictions(batch: list[Sample], logits: np.ndarray, labels: list[str], top_k: int) -> list[Prediction]:
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    k = min(top_k, probs.shape[-1])
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+
+    def label(i: int) -> str:
+        return labels[i] if i < len(labels) else str(i)
+
+    out = []
+    for sample, p, best in zip(batch, probs, order.tolist()):
+        top = [(label(i), float(p[i])) for i in best]
+        out.append(Prediction(sample.name, top[0][0], top[0][1], best[0], top, sample.source, sample.item))
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def predict(target: Target, inputs: list[str], batch_size: int = 64, top_k: int = 1) -> list[Prediction]:
+    """Predictions for paths (files, folders, globs), in order; raises on the first input that fails."""
+    outcome = run_predictions(target, expand_inputs(inputs), batch_size=batch_size, top_k=top_k, fail_fast=True)
+    if outcome.problems:
+        first = outcome.problems[0]
+        raise MaasctlError(first.message, exit_code=first.exit_code)
+    if not outcome.predictions:
+        raise UsageError("no inputs to predict")
+    return outcome.predictions
