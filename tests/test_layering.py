@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("torch", "torchvision", "onnx", "onnxscript")
 
 
@@ -15,17 +17,20 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(out.strip().splitlines()[-1]))
 
 
-def test_real_local_predict_loads_no_torch(model_repo, tmp_path):
+@pytest.mark.parametrize("entry", ["launcher", "cli"], ids=["console-script", "typer-app"])
+def test_real_local_predict_loads_no_torch(model_repo, tmp_path, entry):
     sample = tmp_path / "x.json"
     sample.write_text(json.dumps([[[0.0] * 8] * 8]))
     code = (
-        "import sys; from maasctl import cli\n"
+        f"import sys; from maasctl import {entry}\n"
         f"sys.argv = ['maasctl', 'predict', 'digits', {str(sample)!r}, '--repo', {str(model_repo)!r}, '--json']\n"
-        "try:\n    cli.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"try:\n    {entry}.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
     )
     loaded = _modules_after(code)
     assert "onnxruntime" in loaded  # the probe really predicted
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
+    if entry == "launcher":
+        assert "typer" not in loaded  # the fast path skips the typer app entirely
 
 
 def test_server_modules_load_no_torch():
