@@ -56,45 +56,82 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="run folder name (default: the recipe's name)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue the run RUN from its last checkpoint"),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", min=1, help="train on N processes with DistributedDataParallel (starts torchrun; one per GPU, or gloo on CPU)"
+    ),
     artifacts: Path = ARTIFACTS,
     json_: bool = JSON,
 ) -> None:
     """Train a model; writes artifacts/runs/NAME/ (recipe, checkpoints, metrics.csv, summary.json)."""
-    from maasctl.recipe import dump_recipe, load_recipe
-    from maasctl.fileio import atomic_write_text
+    import contextlib
+
+    from maasctl.recipe import load_recipe
 
     overrides = list(set_) + ([f"train.device={device}"] if device else [])
     runs_root = artifacts / "runs"
     if resume:
-        from maasctl.train.rundir import find_run_dir
-        from maasctl.train.trainer import check_resumable
+        from maasctl.train.rundir import check_resumable, find_run_dir
 
         if recipe is not None:
             raise MaasctlError("--resume continues a run with its saved recipe; give changes with --set, not a RECIPE file")
         run_dir = find_run_dir(resume, runs_root)
         resolved = load_recipe(run_dir / "recipe.yaml", overrides)
         check_resumable(load_recipe(run_dir / "recipe.yaml"), resolved)
-        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(resolved))
     else:
         resolved = load_recipe(recipe, overrides)
+    if nproc and nproc > 1:  # the recipe is checked above, once, before N processes start
+        if "RANK" in os.environ:
+            raise MaasctlError("--nproc starts torchrun, but this process already runs under torchrun (RANK is set); leave --nproc out")
+        raise typer.Exit(_launch_torchrun(nproc))
     from maasctl.train.progress import epoch_reporter
     from maasctl.train.rundir import create_run_dir
     from maasctl.train.trainer import Trainer
 
     trainer = Trainer(resolved)  # data, model and optimizer first: a bad recipe fails before a folder exists
-    if not resume:
-        run_dir = create_run_dir(runs_root, name or resolved.name)
-    _log(f"run folder: {run_dir}")
     try:
-        with epoch_reporter(_stderr(), resolved.train.epochs) as on_epoch:
-            result = trainer.fit(run_dir, resume=bool(resume), on_epoch=on_epoch)
-    except KeyboardInterrupt:
-        _log(f"interrupted; continue with: maasctl train --resume {run_dir}")
-        raise typer.Exit(130)
+        if not resume:  # under torchrun rank 0 creates the folder and every rank gets its path
+            run_dir = trainer.on_main(lambda: create_run_dir(runs_root, name or resolved.name))
+        if trainer.is_main:
+            _log(f"run folder: {run_dir}")
+        reporter = epoch_reporter(_stderr(), resolved.train.epochs) if trainer.is_main else contextlib.nullcontext()
+        try:
+            with reporter as on_epoch:
+                result = trainer.fit(run_dir, resume=bool(resume), on_epoch=on_epoch)
+        except KeyboardInterrupt:
+            if trainer.is_main:
+                again = f" --nproc {trainer.dist.world_size}" if trainer.dist.enabled else ""
+                _log(f"interrupted; continue with: maasctl train --resume {run_dir}{again}")
+            raise typer.Exit(130)
+    finally:
+        trainer.close()
+    if not trainer.is_main:
+        return
     m = result.metrics
     _log(f"test accuracy {m['test_accuracy']:.2%} (best epoch {m['best_epoch']}, val accuracy {m['val_accuracy']:.2%})")
     if json_:
         _emit_json({"run_dir": str(result.run_dir), "metrics": m})
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """`maasctl train --nproc N ARGS` runs `torchrun --standalone --nproc-per-node N -m maasctl train ARGS` and
+    returns its exit code. Each process finds RANK/WORLD_SIZE/LOCAL_RANK in its environment (see Trainer)."""
+    import shlex
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # the same command line, minus --nproc
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "maasctl", *args]
+    _log("starting: " + shlex.join(["torchrun", *cmd[3:]]))
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: let them stop (rank 0 prints how to resume)
+        code = proc.wait()
+    return 128 - code if code < 0 else code
 
 
 @app.command()

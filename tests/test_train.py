@@ -140,3 +140,66 @@ def test_early_stopping_pictures_and_summary(tmp_path):
     for picture in ("curves.png", "confusion_matrix.png"):
         with Image.open(run_dir / picture) as img:
             assert img.format == "PNG" and img.width > 300
+
+
+def test_speed_settings_resolve_to_what_the_device_supports(workspace):
+    """auto means: bf16/fp16 autocast and channels_last on CUDA, plain fp32 on CPU; summary.json says what was used."""
+    summary = json.loads((workspace / "artifacts/runs/digits/summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["compile"] is False
+    if summary["device"] == "cpu":
+        assert summary["amp"] == "off" and summary["channels_last"] is False
+    else:
+        assert summary["amp"] in ("bf16", "fp16") and summary["channels_last"] is True
+
+
+def test_fp16_on_cpu_is_refused_not_ignored():
+    from maasctl.errors import UsageError
+    from maasctl.recipe import load_recipe
+    from maasctl.train.trainer import Trainer
+
+    # Trainer() runs before the CLI makes a run folder, so nothing is written (see test_unknown_model_...).
+    with pytest.raises(UsageError, match=r"train.amp: fp16 needs CUDA .* use train.amp=auto \(off on CPU\), bf16, or off"):
+        Trainer(load_recipe(None, ["train.amp=fp16", "train.device=cpu"]))
+
+
+def test_bf16_and_channels_last_run_on_cpu_when_asked(tmp_path):
+    """Explicit settings are honoured on CPU too (`on` written bare in YAML); the weights export like any others."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  epochs: 1\n  device: cpu\n  amp: bf16\n  channels_last: on\n")
+    out = json.loads(run_cli("train", str(recipe), "--json", cwd=tmp_path).stdout)
+    run_dir = tmp_path / out["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["amp"], summary["channels_last"]) == ("bf16", True)
+    assert out["metrics"]["test_accuracy"] > 0.5  # one epoch in bf16 learns (chance is 0.1)
+    from maasctl.train.trainer import build_model_from_meta
+
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    model = build_model_from_meta(ckpt["meta"]).eval()
+    model.load_state_dict(ckpt["model"])  # a plain (NCHW, fp32) model takes the channels_last weights
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_channels_last_on_is_refused_for_inputs_that_are_not_images(tmp_path):
+    import numpy as np
+
+    from maasctl.errors import UsageError
+    from maasctl.recipe import load_recipe
+    from maasctl.train.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", x=rng.normal(size=(60, 4)).astype(np.float32), y=np.arange(60) % 3)
+    base = [f"data={{source: npz, path: {tmp_path / 'f.npz'}}}", "model.name=mlp", "train.device=cpu"]
+    with pytest.raises(UsageError, match="channels_last: on needs image inputs"):
+        Trainer(load_recipe(None, [*base, "train.channels_last=on"]))
+    assert Trainer(load_recipe(None, [*base, "train.channels_last=auto"])).accel.channels_last is False
+
+
+def test_resume_may_change_how_a_run_runs_but_not_what_it_trains():
+    from maasctl.errors import UsageError
+    from maasctl.recipe import load_recipe
+    from maasctl.train.rundir import check_resumable
+
+    saved = load_recipe(None, [])
+    check_resumable(saved, load_recipe(None, ["train.amp=bf16", "train.channels_last=off", "train.compile=true", "train.epochs=40"]))
+    with pytest.raises(UsageError, match="train.optimizer.lr"):
+        check_resumable(saved, load_recipe(None, ["train.optimizer.lr=0.1"]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -158,6 +158,25 @@ class TrainConfig(Section):
         "val_accuracy", description="picks best.pt and drives early stopping (ties on accuracy/F1 go to lower loss)"
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    # How training runs, not what it trains: these may change on --resume. Explicit values are honoured or refused
+    # (never silently ignored); auto picks what is fast and safe on the device.
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto",
+        description="mixed precision (torch.autocast): auto = bf16 on CUDA (fp16 with loss scaling where the GPU lacks "
+        "bf16), off on CPU; bf16 also runs on CPU; fp16 needs CUDA",
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC memory format for image (N,C,H,W) inputs and model: auto = on with CUDA, off on CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the training step: slower start, faster steps (on CPU it needs a C++ compiler)")
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_switches(cls, value: Any, info: Any) -> Any:
+        # YAML 1.1 reads a bare `on`/`off` as true/false: take them back as the words the user wrote.
+        if isinstance(value, bool) and (info.field_name == "channels_last" or value is False):
+            return "on" if value else "off"
+        return value
 
 
 class ExportConfig(Section):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
 from maasctl.errors import UsageError
-from maasctl.fileio import atomic_write
+from maasctl.fileio import atomic_write_bytes
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+def save_checkpoint(paths: Path | Sequence[Path], state: dict[str, Any]) -> None:
+    """Serialize `state` once and write it to each path in turn (best.pt and last.pt often hold the same epoch)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    for path in [paths] if isinstance(paths, Path) else paths:
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -22,3 +28,44 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which one, do not guess
         raise UsageError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a state (tensors on the CPU, containers new) that training may go on changing the original of."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs file-writing jobs on a thread while the next epoch trains, one at a time and in order: serializing and
+    fsyncing a checkpoint each epoch is otherwise time the accelerator sits idle. Files on disk are at most one
+    epoch behind; `wait()` catches up and raises any error the last job hit. The thread is not a daemon, so a job
+    under way when the run is interrupted still completes."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="maasctl-checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # handed to the training thread at its next submit() or wait()
+            self._error = exc

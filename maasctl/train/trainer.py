@@ -1,10 +1,13 @@
 """The training loop, readable top to bottom: setup → per epoch (train, evaluate, checkpoint, log) → test.
 
-Everything it does is chosen by the recipe; it writes only inside its run folder.
+Everything it does is chosen by the recipe; it writes only inside its run folder. The same code runs as one
+process or as N under torchrun (DistributedDataParallel): each rank trains on its shard of every epoch, rank 0
+alone evaluates and writes (see maasctl/train/distributed.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -22,8 +25,11 @@ from maasctl.fileio import atomic_write_json, atomic_write_text
 from maasctl.metrics import classification_metrics
 from maasctl.models import create_model
 from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
-from maasctl.train.checkpoint import load_checkpoint, save_checkpoint
+from maasctl.train import distributed as ddp
+from maasctl.train.accel import Accel, resolve_accel
+from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
 from maasctl.train.plots import plot_confusion, plot_curves
+from maasctl.train.rundir import check_resumable  # noqa: F401  (re-exported: its home was here)
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
 EpochCallback = Callable[[dict[str, Any], int], None]
@@ -56,12 +62,17 @@ def build_model_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
 
 
 class Trainer:
-    """Setup (data, model, optimizer) happens in __init__, so a bad recipe fails before any file is written."""
+    """Setup (data, model, optimizer) happens in __init__, so a bad recipe fails before any file is written.
+
+    `model` is the plain module (checkpoints, evaluation, export); `train_model` is what the training step calls:
+    the same module, wrapped in DistributedDataParallel under torchrun and compiled with train.compile.
+    """
 
     def __init__(self, recipe: Recipe) -> None:
         cfg = recipe.train
         self.recipe = recipe
-        self.device = resolve_device(cfg.device)
+        self.dist = ddp.env_from_torchrun()
+        self.device = ddp.rank_device(self.dist, resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)
         self.data = build_dataset(recipe.data, cfg.seed)
         self.meta = {
@@ -75,91 +86,157 @@ class Trainer:
             "preprocessing": self.data.preprocessing,
             "recipe_sha256": recipe_sha256(recipe),
         }
+        self.accel: Accel = resolve_accel(cfg, self.device, input_ndim=1 + len(self.data.input_shape))
         self.model = build_model_from_meta(self.meta).to(self.device)
+        if self.accel.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _make_optimizer(recipe, self.model)
-        steps_per_epoch = math.ceil(len(self.data.train.y) / cfg.batch_size)
+        self.batch_size = ddp.per_rank_batch(cfg.batch_size, self.dist)  # train.batch_size is the global batch
+        samples_per_rank = math.ceil(len(self.data.train.y) / self.dist.world_size)
+        steps_per_epoch = math.ceil(samples_per_rank / self.batch_size)
         self.scheduler = _make_scheduler(
             recipe, self.optimizer, total_steps=cfg.epochs * steps_per_epoch, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch)
         )
+        self.scaler = self.accel.grad_scaler()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes repeat every step: let cuDNN time its algorithms once
+        self._device_splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        # The process group last: a bad recipe above fails on every rank alike, leaving no rank waiting for another.
+        ddp.init_process_group(self.dist, self.device)
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            # DDP broadcasts rank 0's weights now and averages gradients in backward. Each rank then draws its own
+            # dropout and augmentation randomness.
+            torch.manual_seed(cfg.seed + self.dist.rank)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.accel.compile:
+            # After the DDP wrapper, so that dynamo splits graphs at DDP's gradient buckets (DDPOptimizer).
+            self.train_model = torch.compile(self.train_model)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on rank 0 only (e.g. create the run folder) and hand its result to every rank."""
+        return ddp.on_main(fn)
+
+    def _on_device(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's tensors on the device, copied once per run (not once per epoch)."""
+        if split not in self._device_splits:
+            x, y = _to_device(getattr(self.data, split), self.device)
+            self._device_splits[split] = (self.accel.input(x), y)
+        return self._device_splits[split]
+
+    def close(self) -> None:
+        ddp.destroy_process_group()
 
     def fit(self, run_dir: Path, *, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
-        recipe, cfg, data, device = self.recipe, self.recipe.train, self.data, self.device
-        model, optimizer, scheduler, meta = self.model, self.optimizer, self.scheduler, self.meta
-        shuffle = torch.Generator().manual_seed(cfg.seed)  # batch order; saved in checkpoints so resume repeats it
+        recipe, cfg, data, device, accel, env = self.recipe, self.recipe.train, self.data, self.device, self.accel, self.dist
+        model, train_model, optimizer, scheduler, scaler = self.model, self.train_model, self.optimizer, self.scheduler, self.scaler
+        # Batch order; identical on every rank (each then takes its shard), saved in checkpoints so resume repeats it.
+        shuffle = torch.Generator().manual_seed(cfg.seed)
 
         history: list[dict[str, Any]] = []
         start_epoch, best, stale = 0, [-math.inf, -math.inf], 0
-        if resume:
+        if resume:  # every rank reads the same last.pt: weights, optimizer and schedule agree without a broadcast
             ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler.is_enabled() and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
             shuffle.set_state(ckpt["rng"]["shuffle"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
+            _restore_rng(ckpt["rng"], env, device, cfg.seed)
             start_epoch, best, history, stale = ckpt["epoch"], ckpt["best"], ckpt["history"], ckpt["stale_epochs"]
-        else:
-            atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        if env.is_main:
+            atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))  # on resume: the new epochs/device
 
-        x_train, y_train = _to_device(data.train, device)
+        x_train, y_train = self._on_device("train")
+        writer = BackgroundWriter()
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
-            model.train()
-            order = torch.randperm(len(y_train), generator=shuffle).to(device)
-            loss_sum = correct = 0.0
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                logits = model(augment_batch(x_train[idx], data.augment))
-                loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.label_smoothing)
+            train_model.train()
+            order = ddp.shard(torch.randperm(len(y_train), generator=shuffle), env).to(device)
+            # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            for i in range(0, len(order), self.batch_size):
+                idx = order[i : i + self.batch_size]
+                x, y = accel.input(augment_batch(x_train[idx], data.augment)), y_train[idx]
+                with accel.autocast():
+                    logits = train_model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()  # under DDP, gradients are averaged across ranks during backward
                 if cfg.grad_clip:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+                scaler.update()
                 scheduler.step()
-                loss_sum += loss.item() * len(idx)
-                correct += (logits.argmax(1) == y_train[idx]).sum().item()
-            val = evaluate(model, data, "validation", device)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / len(order),
-                "train_accuracy": correct / len(order),
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "val_macro_f1": val["macro_f1"],
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - started,
-            }
+                loss_sum.add_(loss.detach(), alpha=len(idx))
+                correct.add_((logits.argmax(1) == y).sum())
+            # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
+            totals = ddp.all_sum(torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)]))
+            train_loss, train_correct, seen = totals.tolist()
+            row = None
+            if env.is_main:  # one evaluation, on rank 0's weights, shared so every rank takes the same decisions
+                val = evaluate(model, data, "validation", device, accel=accel, tensors=self._on_device("validation"))
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss / seen,
+                    "train_accuracy": train_correct / seen,
+                    "val_loss": val["loss"],
+                    "val_accuracy": val["accuracy"],
+                    "val_macro_f1": val["macro_f1"],
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - started,
+                }
+            row = ddp.broadcast(row)
             history.append(row)
             score = _score(row, cfg.best_metric)
             improved = score > best
             # Early stopping counts epochs without an improvement of at least min_delta in the chosen metric.
             stale = 0 if score[0] > best[0] + cfg.early_stopping.min_delta else stale + 1
             best = max(best, score)
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()},
-                "epoch": epoch + 1,
-                "best": best,
-                "stale_epochs": stale,
-                "history": history,
-                "meta": meta,
-            }
-            # best.pt first: if the process dies between the two writes, last.pt still points at an older epoch
-            # and a resume redoes this one, so nothing is lost.
-            if improved:
-                save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            if on_epoch:
-                on_epoch(row, cfg.epochs)
+            rng = _rng_state(device)
+            per_rank = ddp.all_gather(rng) if env.enabled else None
+            if env.is_main:
+                state = {
+                    "model": model.state_dict(),  # the plain module's: export and resume need no DDP or compile
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "rng": {"shuffle": shuffle.get_state(), **rng, **({"per_rank": per_rank} if per_rank else {})},
+                    "epoch": epoch + 1,
+                    "best": best,
+                    "stale_epochs": stale,
+                    "history": history,
+                    "meta": self.meta,
+                }
+                # Written while the next epoch trains, from a copy. best.pt first, metrics.csv last: if the process
+                # dies in between, last.pt still points at an older epoch and a resume redoes this one; metrics.csv
+                # never runs ahead of last.pt.
+                names = (["best.pt"] if improved else []) + ["last.pt"]
+                writer.submit(_checkpoint_job([run_dir / "checkpoints" / n for n in names], snapshot(state), run_dir / "metrics.csv"))
+                if on_epoch:
+                    on_epoch(row, cfg.epochs)
             if cfg.early_stopping.patience and stale >= cfg.early_stopping.patience:
                 break
 
+        metrics = ddp.on_main(lambda: self._test_and_report(run_dir, history, writer))
+        return TrainResult(run_dir=run_dir, metrics=metrics)
+
+    def _test_and_report(self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter) -> dict[str, Any]:
+        """Test the best checkpoint; write summary.json and the pictures. Rank 0 only."""
+        cfg, data, device = self.recipe.train, self.data, self.device
+        writer.wait()  # the last checkpoint is on disk
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-        model.load_state_dict(best_state["model"])
-        test = evaluate(model, data, "test", device)
+        self.model.load_state_dict(best_state["model"])
+        test = evaluate(self.model, data, "test", device, accel=self.accel, tensors=self._on_device("test"))
         best_row = max(history, key=lambda r: _score(r, cfg.best_metric))
         metrics = {
             "best_epoch": best_row["epoch"],
@@ -170,8 +247,12 @@ class Trainer:
         }
         summary = {
             "run": run_dir.name,
-            "recipe_sha256": meta["recipe_sha256"],
+            "recipe_sha256": self.meta["recipe_sha256"],
             "device": str(device),
+            # what this (last) session actually used, after resolving auto settings
+            **self.accel.describe(),
+            "world_size": self.dist.world_size,
+            "batch_size_per_process": self.batch_size,
             "epochs": len(history),
             "stopped_early": len(history) < cfg.epochs,
             "train_seconds": sum(r["seconds"] for r in history),
@@ -183,21 +264,32 @@ class Trainer:
         atomic_write_json(run_dir / "summary.json", summary)
         plot_curves(history, run_dir / "curves.png")
         plot_confusion(test["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
-        return TrainResult(run_dir=run_dir, metrics=metrics)
+        return metrics
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, split: str, device: torch.device, batch_size: int = 512) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix on one split."""
+def evaluate(
+    model: torch.nn.Module,
+    data: Dataset,
+    split: str,
+    device: torch.device,
+    batch_size: int = 512,
+    accel: Accel | None = None,
+    tensors: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix on one split (`tensors`: already on device)."""
     model.eval()
-    x, y = _to_device(getattr(data, split), device)
-    loss_sum, predictions = 0.0, []
+    x, y = tensors if tensors is not None else _to_device(getattr(data, split), device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    predictions = []
     for i in range(0, len(y), batch_size):
-        logits = model(x[i : i + batch_size])
-        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum").item()
-        predictions.append(logits.argmax(1).cpu())
-    y_pred = torch.cat(predictions).numpy()
-    return {"loss": loss_sum / len(y), **classification_metrics(getattr(data, split).y, y_pred, data.num_classes)}
+        xb = accel.input(x[i : i + batch_size]) if accel else x[i : i + batch_size]
+        with accel.autocast() if accel else contextlib.nullcontext():
+            logits = model(xb).float()
+        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
+        predictions.append(logits.argmax(1))
+    y_pred = torch.cat(predictions).cpu().numpy()
+    return {"loss": loss_sum.item() / len(y), **classification_metrics(getattr(data, split).y, y_pred, data.num_classes)}
 
 
 def augment_batch(x: torch.Tensor, cfg: Any) -> torch.Tensor:
@@ -228,27 +320,22 @@ def _score(row: dict[str, Any], metric: str) -> list[float]:
     return [row[metric], -row["val_loss"]]
 
 
-def check_resumable(saved: Recipe, requested: Recipe) -> None:
-    """A resumed run may train for more epochs, on another device; anything else changes what the checkpoint means."""
-    a = saved.model_dump(mode="json")
-    b = requested.model_dump(mode="json")
-    for free in ("epochs", "device"):
-        a["train"].pop(free), b["train"].pop(free)
-    changed = sorted(_diff_keys(a, b))
-    if changed:
-        raise UsageError(
-            f"cannot resume: the recipe changed in {', '.join(changed)}; only train.epochs may change on --resume. "
-            "Start a new run instead."
-        )
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in a.keys() | b.keys():
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
+def _restore_rng(saved: dict[str, Any], env: ddp.DistEnv, device: torch.device, seed: int) -> None:
+    """Each rank continues its own random stream (dropout, augmentation) when the checkpoint has one per rank."""
+    per_rank = saved.get("per_rank") or []
+    mine = per_rank[env.rank] if len(per_rank) == env.world_size else saved
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    if mine is saved and env.rank:  # resumed with another process count: give the new ranks streams of their own
+        torch.manual_seed(seed + env.rank)
 
 
 def _to_device(split: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +363,14 @@ def _make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_step
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _checkpoint_job(paths: list[Path], state: dict[str, Any], metrics_csv: Path) -> Callable[[], None]:
+    def job() -> None:
+        save_checkpoint(paths, state)
+        _write_metrics_csv(metrics_csv, state["history"])
+
+    return job
 
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
