@@ -324,7 +324,9 @@ def main() -> None:
     try:
         app()
     except MaasctlError as exc:
-        _stderr().print(f"error: {exc}", markup=False, style="red")
+        # Under torchrun every rank meets the same error: one copy of it is enough.
+        if os.environ.get("RANK", "0") == "0":
+            _stderr().print(f"error: {exc}", markup=False, style="red")
         sys.exit(exc.exit_code)
     except BrokenPipeError:  # `maasctl ... | head` closed the pipe: not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
