@@ -3,7 +3,7 @@
 Importing this package registers the built-in families; it imports torch.
 """
 
-from maasctl.models import cnn, mlp  # noqa: F401  (registers the built-in models)
+from maasctl.models import cnn, mlp, sequence, vision  # noqa: F401  (registers the built-in models)
 from maasctl.models.registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]
