@@ -181,7 +181,7 @@ class TrainConfig(Section):
 
 class ExportConfig(Section):
     opset: int = Field(18, ge=13, le=23, description="ONNX opset of the exported model")
-    atol: float = Field(1e-4, gt=0, description="largest |onnx - torch| difference the parity check accepts")
+    atol: float = Field(1e-4, gt=0, description="largest |onnx - torch| difference the parity check accepts, per unit of logit scale (max |logit|, at least 1)")
 
 
 class Recipe(Section):

@@ -49,15 +49,19 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def build_model_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
-    """The architecture a checkpoint's weights belong to, from the metadata saved beside them."""
+def build_model_from_meta(meta: dict[str, Any], *, weights_follow: bool = False) -> torch.nn.Module:
+    """The architecture a checkpoint's weights belong to, from the metadata saved beside them.
+    `weights_follow`: a checkpoint's weights are loaded next, so a `pretrained` file is not read (it may be gone)."""
+    params = dict(meta["model_params"])
+    if weights_follow and "pretrained" in params:
+        params["pretrained"] = None
     return create_model(
         meta["model_name"],
         input_shape=tuple(meta["input_shape"]),
         num_classes=meta["num_classes"],
         input_kind=meta.get("input_kind", "image"),
         vocab_size=meta.get("vocab_size"),
-        **meta["model_params"],
+        **params,
     )
 
 
