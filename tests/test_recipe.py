@@ -74,7 +74,7 @@ def test_yaml_is_loaded_safely(tmp_path):
 def test_example_recipes_validate_and_say_how_to_run_them(path):
     load_recipe(path)
     first_line = path.read_text().splitlines()[0]
-    assert first_line == f"# maasctl train recipes/{path.relative_to(ROOT / 'recipes')}"
+    assert first_line.startswith("# ") and f"maasctl train recipes/{path.relative_to(ROOT / 'recipes')}" in first_line
 
 
 def test_recipe_show_prints_defaults_and_schema_is_json_schema():
