@@ -168,7 +168,7 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one JSON line per request on stdout"),
     drain_seconds: float = typer.Option(30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="rows per model execution when batching requests; 1: no batching"),
-    max_queue_delay_ms: float = typer.Option(2, "--max-queue-delay-ms", min=0, help="how long a request waits for others to batch with"),
+    max_queue_delay_ms: float = typer.Option(0, "--max-queue-delay-ms", min=0, help="how long a request waits for others to batch with (0: batch only what queued while the previous batch ran)"),
     max_queue_size: int = typer.Option(256, "--max-queue-size", min=1, help="queued requests per model; beyond it 503 at once"),
     request_timeout_s: Optional[float] = typer.Option(None, "--request-timeout-s", min=0, help="504 when a request's result is not ready in this time (default: no limit)"),
     token: Optional[str] = typer.Option(None, "--token", envvar="MAASCTL_TOKEN", show_envvar=True, help="require 'Authorization: Bearer TOKEN' on all but /v2/health/*; prefer the env variable (argv is visible in ps)"),

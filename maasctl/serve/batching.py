@@ -30,10 +30,14 @@ from maasctl.serve.metrics import Metrics
 log = logging.getLogger("maasctl.serve")
 
 
+TIMER_RESOLUTION_S = 0.001
+
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = 32  # rows per execution; 1 turns batching off
-    max_queue_delay_ms: float = 2.0  # how long a lone request waits for company
+    # How long a lone request waits for company. 0 (Triton's default) still batches: requests that queue while
+    # the previous batch runs go together. A wait only pays when compute is cheap next to the arrival gap.
+    max_queue_delay_ms: float = 0.0
     max_queue_size: int = 256  # queued requests per model before 503
     request_timeout_s: float | None = None  # queue + execution; None: wait as long as it takes
 
@@ -56,9 +60,10 @@ class _Request:
     outputs: list[str] | None
     rows: int
     key: Hashable | None  # requests with equal keys can share a batch; None: runs alone
-    enqueued: float
+    enqueued: float  # event-loop clock, for deadlines (uvloop's is cached at 1 ms resolution)
     future: asyncio.Future = field(repr=False)
     started: bool = False
+    queued_at: float = field(default_factory=time.perf_counter)  # fine-grained, for the queue-time histogram
 
 
 class ModelBatcher:
@@ -149,7 +154,9 @@ class ModelBatcher:
                     continue
                 batch, full = self._gather(self._pending[0])
                 deadline = self._pending[0].enqueued + delay
-                if not full and loop.time() < deadline:
+                # uvloop's timers fire with 1 ms resolution, often early: waiting out the last millisecond would
+                # re-arm the timer again and again (measured: ~18 worker wake-ups per request), so stop short.
+                if not full and loop.time() < deadline - TIMER_RESOLUTION_S:
                     self._arrived.clear()
                     wake = loop.call_at(deadline, self._arrived.set)
                     try:
@@ -183,10 +190,10 @@ class ModelBatcher:
 
     async def _execute(self, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
         batch = [r for r in batch if not r.future.done()]
-        now = loop.time()
+        now = time.perf_counter()
         for request in batch:
             request.started = True
-            self._m_queue.observe(now - request.enqueued)
+            self._m_queue.observe(now - request.queued_at)
         self._running = batch
         try:
             await self._run(batch)

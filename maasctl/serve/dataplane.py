@@ -39,7 +39,9 @@ class DataPlane:
         """Load and warm up the latest version of every model; a model that fails is reported, not fatal."""
         for name in self.repo.names():
             try:
-                model = load_model(self.repo.get(name), self.device)
+                # No spinning: idle onnxruntime threads would busy-wait on the cores the event loop needs
+                # (measured on 2 cores: ~650 µs of CPU per request at 16 connections, half the throughput).
+                model = load_model(self.repo.get(name), self.device, allow_spinning=False)
                 _warm_up(model)
             except MaasctlError as exc:
                 self.failures[name] = str(exc)
