@@ -420,3 +420,105 @@ def test_progress_bar_only_when_stderr_is_a_terminal(model_repo, digits, tmp_pat
     assert b"120/120" in terminal and len(json.loads(out)["predictions"]) == 120
     piped = cli("digits", str(tmp_path), "--repo", str(model_repo), "--json")
     assert "120/120" not in piped.stderr and piped.stderr.count("\n") == 1  # a log gets the summary line only
+
+
+# --- CSV rows (tabular models) and texts (text models) ------------------------------------------------------
+
+from conftest import run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rows_and_texts(tmp_path_factory):
+    """iris-mlp and reviews-gru trained and exported with the real CLI; torchscript exports in a quarter of the time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ws = tmp_path_factory.mktemp("rows")
+    run_cli("examples", cwd=ws)
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+
+    def train_and_export(recipe: str, epochs: int) -> None:  # the two models side by side: most of it is start-up
+        run = json.loads(run_cli("train", str(recipes / recipe), "--set", f"train.epochs={epochs}", "--json", cwd=ws).stdout)
+        run_cli("export", run["run_dir"], "--exporter", "torchscript", "--json", cwd=ws)
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(train_and_export, "iris_mlp.yaml", 30), pool.submit(train_and_export, "reviews_gru.yaml", 3)]:
+            done.result()
+    srv = start_server(ws / "artifacts" / "models")
+    yield ws, srv
+    stop_server(srv)
+
+
+def _predict_rows(ws: Path, *args: str) -> tuple[int, dict]:
+    proc = run_cli("predict", *args, "--repo", str(ws / "artifacts" / "models"), "--json", cwd=ws, check=False)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_csv_rows_local_match_labels_and_server(rows_and_texts):
+    ws, srv = rows_and_texts
+    code, local = _predict_rows(ws, "iris-mlp", "data/examples/iris.csv", "--labels-from-column", "--min-accuracy", "85%")
+    assert code == 0, local["errors"]
+    assert local["summary"]["predicted"] == 150 and local["summary"]["accuracy"] >= 0.85
+    assert local["predictions"][0]["input"] == "data/examples/iris.csv[0]"  # 0-based data rows
+    with open(ws / "data/examples/iris.csv", newline="") as f:
+        species = [r["species"] for r in csv.DictReader(f)]
+    assert [p["expected"] for p in local["predictions"]] == species
+    code, remote = _predict_rows(ws, "iris-mlp", "data/examples/iris.csv", "--url", srv.url)
+    assert code == 0, remote["errors"]
+    assert [p["label"] for p in remote["predictions"]] == [p["label"] for p in local["predictions"]]
+    assert np.allclose([p["probability"] for p in remote["predictions"]], [p["probability"] for p in local["predictions"]], atol=1e-5)
+
+
+def test_csv_columns_by_name_and_bad_cells(rows_and_texts):
+    ws, _ = rows_and_texts
+    # columns in another order, an extra column: matched by header name
+    (ws / "shuffled.csv").write_text("note,petal_width_cm,petal_length_cm,sepal_width_cm,sepal_length_cm\nx,0.2,1.4,3.5,5.1\ny,2.5,6.0,3.3,6.3\n")
+    code, doc = _predict_rows(ws, "iris-mlp", "shuffled.csv")
+    assert code == 0 and [p["label"] for p in doc["predictions"]] == ["setosa", "virginica"]
+    (ws / "missing.csv").write_text("sepal_length_cm,petal_length_cm\n5.1,1.4\n")
+    code, doc = _predict_rows(ws, "iris-mlp", "missing.csv")
+    assert code == 2 and not doc["predictions"]
+    assert len(doc["errors"]) == 1 and "missing.csv" in doc["errors"][0]["error"]
+    assert "sepal_width_cm, petal_width_cm" in doc["errors"][0]["error"]
+    (ws / "cells.csv").write_text("sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n5.1,3.5,1.4,0.2\n5.1,abc,1.4,0.2\n6.3,3.3,6.0,2.5\n")
+    code, doc = _predict_rows(ws, "iris-mlp", "cells.csv")
+    assert code == 2
+    assert [p["input"] for p in doc["predictions"]] == ["cells.csv[0]", "cells.csv[2]"]
+    assert doc["errors"][0]["input"] == "cells.csv[1]"
+    assert "sepal_width_cm" in doc["errors"][0]["error"] and "'abc'" in doc["errors"][0]["error"] and "line 3" in doc["errors"][0]["error"]
+
+
+def test_texts_local_and_remote_agree(rows_and_texts):
+    ws, srv = rows_and_texts
+    (ws / "reviews.txt").write_text("The lamp is sturdy and quiet.\n\nThis kettle is not sturdy at all\n")
+    args = ("reviews-gru", "reviews.txt", "data/examples/reviews.jsonl", "--text", "not useful", "--text", "great blender")
+    code, local = _predict_rows(ws, *args)
+    assert code == 0, local["errors"]
+    names = [p["input"] for p in local["predictions"]]
+    assert names[:2] == ["reviews.txt[0]", "reviews.txt[1]"] and names[-2:] == ["--text[0]", "--text[1]"]
+    assert len(names) == 2 + 800 + 2
+    assert {p["label"] for p in local["predictions"]} <= {"negative", "positive"}
+    code, remote = _predict_rows(ws, *args, "--url", srv.url)
+    assert code == 0, remote["errors"]
+    assert [(p["input"], p["label"]) for p in remote["predictions"]] == [(p["input"], p["label"]) for p in local["predictions"]]
+    # the JSONL's own labels gate it
+    code, gated = _predict_rows(ws, "reviews-gru", "data/examples/reviews.jsonl", "--labels-from-column", "--min-accuracy", "0.5")
+    assert gated["summary"]["labelled"] == 800 and code in (0, 1)
+
+
+def test_inputs_the_model_does_not_take(rows_and_texts, model_repo):
+    ws, _ = rows_and_texts
+    (ws / "one.txt").write_text("hello\n")
+    png = next(Path(ws / "data/examples/digits_png").rglob("*.png"))
+    code, doc = _predict_rows(ws, "iris-mlp", "one.txt", "--text", "hi", str(png))
+    assert code == 2 and not doc["predictions"] and len(doc["errors"]) == 3
+    assert all("the model takes CSV rows with columns sepal_length_cm" in e["error"] for e in doc["errors"])
+    assert [e["input"] for e in doc["errors"]] == ["one.txt", str(png), "--text[0]"]
+    code, doc = _predict_rows(ws, "reviews-gru", "data/examples/iris.csv", str(png))
+    assert code == 2 and all("the model takes texts" in e["error"] for e in doc["errors"])
+    assert "iris.csv" in doc["errors"][0]["error"]
+    # an image model refuses rows and texts, naming what it takes
+    proc = run_cli("predict", "digits", "data/examples/iris.csv", "--text", "hi", "--repo", str(model_repo), "--json", cwd=ws, check=False)
+    assert proc.returncode == 2
+    assert all("the model takes images" in e["error"] for e in json.loads(proc.stdout)["errors"])
+    proc = run_cli("predict", "iris-mlp", "--repo", str(ws / "artifacts" / "models"), cwd=ws, check=False)
+    assert proc.returncode == 2 and "--text" in proc.stderr

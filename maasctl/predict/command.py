@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from maasctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, MaasctlError, UsageError
 
-SUMMARY = """Predict labels for images and tensors, locally with onnxruntime or through a server, and gate
+SUMMARY = """Predict labels for images, tensors, CSV rows and texts, locally with onnxruntime or through a server, and gate
 a CI job on the expected labels."""
 EXIT_CODES = """exit codes:
   0  every input was predicted (and the gate, if any, passed)
@@ -35,6 +35,11 @@ EPILOG = f"""inputs:
   FOLDER    every image and tensor file under it, recursively, sorted (hidden files skipped)
   'GLOB'    a pattern, expanded here as well, so quoting works; ** matches any depth: 'data/**/*.png'
   -         stdin: a .npy/.npz/JSON tensor or an image; anything else is read as paths, one per line
+  FILE.csv  tabular models: one input per data row, named FILE.csv[i] (i from 0, the first row after the
+            header); columns matched by header name to the model's, other columns (the label) ignored
+  FILE.txt  text models: one input per non-empty line, named FILE.txt[i] (i from 0)
+  FILE.jsonl text models: one input per JSON line, its text in the recipe's text column
+  --text T  text models: the text T itself (repeatable), named --text[i]
   Folders and patterns take image and tensor files by suffix; files named outright are always read.
   A batch file's samples are named FILE[i].
 
@@ -43,6 +48,7 @@ gating (one of):
   --labels-file FILE      CSV rows input,label (header optional), or JSON {{"input": "label"}}; paths
                           relative to the current folder or to FILE's; FILE[i] for a sample of a batch
   --labels-from-folders   the folder holding each file is its label: data/cat/1.png should be cat
+  --labels-from-column    a .csv/.jsonl input's own label column (the recipe's data.label_column)
   Accuracy is reported; the gate fails (exit 1) on any mismatch, or, with --min-accuracy, only when
   accuracy is below it.
 
@@ -51,6 +57,8 @@ gating (one of):
 examples:
   maasctl predict digits samples/ --expect 3
   maasctl predict digits:2 'test/**/*.png' --labels-from-folders --min-accuracy 95% --json -o report.json
+  maasctl predict iris-mlp data/examples/iris.csv --labels-from-column --min-accuracy 90%
+  maasctl predict reviews-gru --text "not sturdy at all" --text "works great"
   find data -name '*.png' | maasctl predict digits - --url http://127.0.0.1:8000 --format csv
 """
 PROGRESS_MIN_INPUTS = 100  # a progress bar (stderr, terminals only) from this many input files on
@@ -62,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="maasctl predict", description=SUMMARY, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("model", metavar="MODEL", help="repository name, name:version, or a model folder; with --url, the served model's name[:version]")
-    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image or tensor files, folders, glob patterns, or - for stdin")
+    p.add_argument("inputs", metavar="INPUT", nargs="*", help="image, tensor, .csv, .txt or .jsonl files, folders, glob patterns, or - for stdin")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text to classify (text models; repeatable)")
 
     target = p.add_argument_group("where the model runs")
     target.add_argument("--url", help="a running server (maasctl serve, or any Open Inference Protocol server for tensors)")
@@ -90,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--expect", metavar="LABEL", help="every input should be predicted as LABEL")
     source.add_argument("--labels-file", type=Path, metavar="FILE", help="expected labels per input (CSV or JSON)")
     source.add_argument("--labels-from-folders", action="store_true", help="the folder holding each input file is its expected label")
+    source.add_argument("--labels-from-column", action="store_true",
+                        help="CSV/JSONL inputs: the label column named in the model's recipe (data.label_column)")
     gate.add_argument("--min-accuracy", metavar="X", help="fail only when accuracy < X (0.95 or 95%%) instead of on any mismatch")
     return p
 
@@ -128,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, float | None]:
+    if not args.inputs and not args.text:
+        parser.error("give at least one INPUT or --text")
     if args.json and args.format not in (None, "json"):
         parser.error(f"--json and --format {args.format} disagree; give one")
     fmt = "json" if args.json else args.format
@@ -137,8 +150,8 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("--device is for local models; a server runs on the device it was started with")
     min_accuracy = None
     if args.min_accuracy is not None:
-        if args.expect is None and args.labels_file is None and not args.labels_from_folders:
-            parser.error("--min-accuracy needs expected labels: --expect, --labels-file or --labels-from-folders")
+        if args.expect is None and args.labels_file is None and not args.labels_from_folders and not args.labels_from_column:
+            parser.error("--min-accuracy needs expected labels: --expect, --labels-file, --labels-from-folders or --labels-from-column")
         from maasctl.predict.gate import parse_accuracy
 
         try:
@@ -150,7 +163,7 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _run(args: argparse.Namespace, fmt: str, min_accuracy: float | None) -> int:
     from maasctl.predict.engine import Outcome, model_labels, run_predictions
-    from maasctl.predict.inputs import ModelInput, Problem, expand_inputs
+    from maasctl.predict.inputs import ModelInput, Problem, expand_inputs, text_sources
 
     started = time.perf_counter()
     log = _Reporter()
@@ -158,6 +171,10 @@ def _run(args: argparse.Namespace, fmt: str, min_accuracy: float | None) -> int:
     try:
         expectations = _expectations(args)
         target = _open_target(args)
+        if args.labels_from_column:
+            from maasctl.predict.gate import ColumnLabels
+
+            expectations = ColumnLabels(target.manifest)
         ModelInput.from_manifest(target.manifest)  # a model predict cannot feed is refused before any input is read
         labels = model_labels(target.manifest)
         if args.expect is not None and labels and args.expect not in labels:
@@ -171,6 +188,7 @@ def _run(args: argparse.Namespace, fmt: str, min_accuracy: float | None) -> int:
         return exc.exit_code
 
     items = expand_inputs(args.inputs, sys.stdin.buffer if sys.stdin else None, [p for p in (args.labels_file, args.output) if p])
+    items += text_sources(args.text)
     with log.progress(len(items), enabled=len(items) >= PROGRESS_MIN_INPUTS and sys.stderr.isatty()):
         outcome = run_predictions(
             target, items, batch_size=args.batch_size, top_k=args.top_k, fail_fast=args.fail_fast,
@@ -197,7 +215,7 @@ def _exit_code(outcome: Any, gate: Any) -> int:
 
 def _expectations(args: argparse.Namespace) -> Any:
     if args.expect is None and args.labels_file is None and not args.labels_from_folders:
-        return None
+        return None  # --labels-from-column: made once the target's manifest is known
     from maasctl.predict.gate import FolderLabels, LabelsFile, SameLabel
 
     if args.expect is not None:

@@ -98,7 +98,11 @@ def run_predictions(
             problem(item)
         else:
             try:
-                pending += load_source(item, model_input)
+                for loaded in load_source(item, model_input):
+                    if isinstance(loaded, Problem):  # one bad row of a CSV file: the other rows still run
+                        problem(loaded)
+                    else:
+                        pending.append(loaded)
             except UsageError as exc:
                 problem(Problem(item.name, str(exc)))
             while len(pending) >= batch_size:

@@ -1,4 +1,5 @@
-"""Expected labels and the accuracy gate: `--expect`, `--labels-file`, `--labels-from-folders`, `--min-accuracy`.
+"""Expected labels and the accuracy gate: `--expect`, `--labels-file`, `--labels-from-folders`,
+`--labels-from-column`, `--min-accuracy`.
 
 Without `--min-accuracy` every labelled prediction must match; with it, accuracy must reach it (and single
 mismatches do not fail the run on their own).
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 from maasctl.errors import UsageError
 from maasctl.predict.engine import Prediction
-from maasctl.predict.inputs import STDIN_NAME
+from maasctl.predict.inputs import STDIN_NAME, TEXT_NAME, Source, kind_of, read_csv_records, read_jsonl_records, recipe_data
 
 _ITEM = re.compile(r"^(.*)\[(\d+)\]$")  # `batch.npy[3]`: the 4th sample of a batch file
 _HEADER_INPUT = {"input", "path", "file", "filename", "image"}
@@ -42,9 +43,32 @@ class FolderLabels:
     """--labels-from-folders: `cats/1.png` should be `cats` (the folder holding the file)."""
 
     def lookup(self, source: str, item: int | None) -> str | None:
-        if source == STDIN_NAME:
+        if source in (STDIN_NAME, TEXT_NAME):
             return None
         return os.path.basename(os.path.dirname(os.path.abspath(source))) or None
+
+
+class ColumnLabels:
+    """--labels-from-column: a CSV or JSONL input's own label column (the recipe's `data.label_column`)."""
+
+    def __init__(self, manifest: dict[str, Any]) -> None:
+        column = recipe_data(manifest).get("label_column")
+        if not column:
+            raise UsageError("--labels-from-column: the model's recipe names no data.label_column")
+        self.column = str(column)
+        self._files: dict[str, list[Any]] = {}
+
+    def lookup(self, source: str, item: int | None) -> str | None:
+        kind = kind_of(source)
+        if item is None or kind not in ("csv", "jsonl") or source in (STDIN_NAME, TEXT_NAME):
+            return None
+        if source not in self._files:
+            src = Source(source, kind)
+            self._files[source] = read_csv_records(src)[1] if kind == "csv" else read_jsonl_records(src)
+        records = self._files[source]
+        record = records[item] if item < len(records) else None
+        value = record.get(self.column) if isinstance(record, dict) else None
+        return None if value is None or str(value).strip() == "" else str(value).strip()
 
 
 class LabelsFile:

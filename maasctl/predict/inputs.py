@@ -3,7 +3,9 @@
 Arguments become *sources* (`expand_inputs`): files as named, folders walked recursively, glob patterns
 expanded here (so a quoted `'data/**/*.png'` works as well as one the shell expanded), and `-` for stdin.
 Each source becomes one or more *samples* (`load_source`): an image decoded to the model's size and colour
-mode (normalised by its preprocessing batch-wise, `stack_samples`), or a tensor holding one sample or a batch.
+mode (normalised by its preprocessing batch-wise, `stack_samples`), a tensor holding one sample or a batch,
+a CSV file's rows (tabular models: columns by header name, standardised with the manifest's statistics), or
+texts (text models: a .txt file's non-empty lines, a .jsonl file's text column, `--text` literals, tokenised).
 
 A problem with one input is returned as a `Problem` in the input's place, never raised, so the rest still run.
 """
@@ -24,6 +26,9 @@ from maasctl.errors import EXIT_USAGE, Unavailable, UsageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
 TENSOR_SUFFIXES = frozenset({".npy", ".npz", ".json"})
+# Rows and texts: read when named outright (never picked from folders or patterns, where labels files live).
+ROW_SUFFIXES = {".csv": "csv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+TEXT_NAME = "--text"
 STDIN = "-"
 STDIN_NAME = "<stdin>"
 _GLOB = re.compile(r"[*?[]")
@@ -36,7 +41,7 @@ class Source:
     """One thing to read: a file (`data` None), or the bytes that came on stdin."""
 
     name: str
-    kind: str  # image | npy | npz | json
+    kind: str  # image | npy | npz | json | csv | txt | jsonl | text (a --text literal, in `data`)
     data: bytes | None = None
 
 
@@ -109,7 +114,12 @@ def numeric_dtype(datatype: str) -> np.dtype | None:
 
 def kind_of(path: str) -> str:
     suffix = os.path.splitext(path)[1].lower()
-    return suffix[1:] if suffix in TENSOR_SUFFIXES else "image"
+    return suffix[1:] if suffix in TENSOR_SUFFIXES else ROW_SUFFIXES.get(suffix, "image")
+
+
+def text_sources(texts: Iterable[str]) -> list[Source]:
+    """`--text "..."` literals, one sample each, named --text[0], --text[1]..."""
+    return [Source(f"{TEXT_NAME}[{i}]", "text", t.encode("utf-8")) for i, t in enumerate(texts)]
 
 
 def expand_inputs(args: Iterable[str], stdin: BinaryIO | None = None, exclude: Iterable[str] = ()) -> list[Source | Problem]:
@@ -200,10 +210,16 @@ def _from_stdin(stdin: BinaryIO | None, excluded: set[str]) -> list[Source | Pro
 # sources -> samples
 
 
-def load_source(source: Source, model_input: ModelInput) -> list[Sample]:
-    """The samples in one source; raises UsageError naming the source when it cannot be used."""
+def load_source(source: Source, model_input: ModelInput) -> list[Sample | Problem]:
+    """The samples in one source; raises UsageError naming the source when it cannot be used at all.
+
+    A CSV file may also give a `Problem` for a row it cannot read, in that row's place."""
     if source.kind == "image":
         return [Sample(source.name, source.name, None, _read_image(source, model_input), image=True)]
+    if source.kind == "csv":
+        return _read_csv_rows(source, model_input)
+    if source.kind in ("txt", "jsonl", "text"):
+        return _read_texts(source, model_input)
     array = _read_tensor(source, model_input)
     return _split_batch(source.name, array, model_input)
 
@@ -228,7 +244,7 @@ def _read_image(source: Source, model_input: ModelInput) -> np.ndarray:
 
     spec = model_input.preprocessing
     if not spec or spec.get("kind") != "image":
-        raise UsageError(f"{source.name}: the model has no image preprocessing in its manifest; give a .npy/.npz/.json tensor")
+        raise UsageError(f"{source.name}: read as an image, but {model_takes(model_input)}")
     try:
         return load_image(io.BytesIO(source.data) if source.data is not None else source.name, spec)
     except UsageError as exc:
@@ -329,3 +345,124 @@ def _split_batch(name: str, array: np.ndarray, model_input: ModelInput) -> list[
 
 def _fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return len(shape) == len(want) and all(w < 0 or s == w for s, w in zip(shape, want))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CSV rows (tabular models) and texts (text models)
+
+
+def model_takes(model_input: ModelInput) -> str:
+    """What to give this model, for error messages."""
+    kind = (model_input.preprocessing or {}).get("kind")
+    if kind == "image":
+        return "the model takes images (or .npy/.npz/.json tensors)"
+    if kind == "tabular":
+        columns = ", ".join(model_input.preprocessing["columns"])
+        return f"the model takes CSV rows with columns {columns} (or .npy/.npz/.json tensors)"
+    if kind == "text":
+        return "the model takes texts: .txt (one per line), .jsonl, or --text (or .npy/.npz/.json token tensors)"
+    return f"the model takes .npy/.npz/.json tensors of shape {model_input.describe_shape()}"
+
+
+def read_csv_records(source: Source) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV file's header and data rows (blank lines skipped); row i is the input FILE[i]."""
+    import csv
+
+    text = _read_text(source)
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return list(reader.fieldnames or []), list(reader)
+    except csv.Error as exc:
+        raise UsageError(f"{source.name}: not a readable CSV file ({exc})") from None
+
+
+def read_jsonl_records(source: Source) -> list[Any]:
+    """A JSON Lines file's records (blank lines skipped); record i is the input FILE[i]."""
+    import json
+
+    records = []
+    for n, line in enumerate(_read_text(source).splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                raise UsageError(f"{source.name} line {n}: not JSON ({exc})") from None
+    return records
+
+
+def recipe_data(manifest: dict[str, Any]) -> dict[str, Any]:
+    return ((manifest.get("recipe") or {}).get("data") or {}) if isinstance(manifest.get("recipe"), dict) else {}
+
+
+def _read_text(source: Source) -> str:
+    try:
+        raw = source.data if source.data is not None else _read_bytes(source.name)
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{source.name}: not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"{source.name}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _read_csv_rows(source: Source, model_input: ModelInput) -> list[Sample | Problem]:
+    from maasctl.preprocess import normalize_features
+
+    name, spec = source.name, model_input.preprocessing or {}
+    if spec.get("kind") != "tabular":
+        raise UsageError(f"{name}: CSV rows are inputs for tabular models, but {model_takes(model_input)}")
+    header, rows = read_csv_records(source)
+    columns = list(spec["columns"])
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise UsageError(f"{name}: no column {', '.join(missing)} (the model takes {', '.join(columns)}; the file has {', '.join(header) or 'no header'})")
+    if not rows:
+        raise UsageError(f"{name}: a header but no rows")
+    out: list[Sample | Problem] = []
+    good, values = [], []
+    for i, row in enumerate(rows):
+        try:
+            values.append([_number(name, i, c, row.get(c)) for c in columns])
+            good.append(i)
+        except UsageError as exc:
+            out.append(Problem(f"{name}[{i}]", str(exc)))
+    if good:
+        x = normalize_features(np.asarray(values, dtype=np.float64), spec).astype(model_input.dtype, copy=False)
+        out += [Sample(f"{name}[{i}]", name, i, row) for i, row in zip(good, x)]
+    return out
+
+
+def _number(name: str, i: int, column: str, cell: str | None) -> float:
+    try:
+        value = float(cell) if cell is not None else None
+    except ValueError:
+        value = None
+    if value is None or not np.isfinite(value):
+        raise UsageError(f"{name}[{i}] (line {i + 2}): column {column}: {cell!r} is not a number")
+    return value
+
+
+def _read_texts(source: Source, model_input: ModelInput) -> list[Sample | Problem]:
+    from maasctl.preprocess import TextEncoder
+
+    name, spec = source.name, model_input.preprocessing or {}
+    if spec.get("kind") != "text":
+        raise UsageError(f"{name}: texts are inputs for text models, but {model_takes(model_input)}")
+    if source.kind == "text":
+        texts: list[str] = [source.data.decode("utf-8") if source.data is not None else ""]
+        if not texts[0].strip():
+            raise UsageError(f"{name}: an empty text")
+    elif source.kind == "txt":
+        texts = [line for line in _read_text(source).splitlines() if line.strip()]
+    else:
+        column = recipe_data(model_input.manifest).get("text_column") or "text"
+        texts = []
+        for i, record in enumerate(read_jsonl_records(source)):
+            if not isinstance(record, dict) or not isinstance(record.get(column), str):
+                raise UsageError(f"{name}[{i}]: each JSON line needs a string {column!r} (the model's text column)")
+            texts.append(record[column])
+    if not texts:
+        raise UsageError(f"{name}: no texts in it")
+    ids = TextEncoder(spec)(texts).astype(model_input.dtype, copy=False)
+    if source.kind == "text":
+        return [Sample(name, TEXT_NAME, int(name[len(TEXT_NAME) + 1 : -1]), ids[0])]
+    return [Sample(f"{name}[{i}]", name, i, row) for i, row in enumerate(ids)]
