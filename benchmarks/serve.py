@@ -8,13 +8,12 @@ a closed-loop asyncio (uvloop when installed) HTTP/1.1 keep-alive client in its 
 the server's event loop (it does share the machine's cores). Every request carries one digits sample
 (1x1x8x8 FP32). Sections:
 
-1. throughput at 16 connections, JSON v2 bodies: maasctl serve (defaults: dynamic batching up to 32 rows, 2 ms
+1. throughput at 16 connections, JSON v2 bodies: maasctl serve (defaults: dynamic batching up to 32 rows, no
    queue delay) vs benchmarks/_baseline_app.py, a hand-written Starlette app running one onnxruntime call per
    request (FastAPI is not installed here; Starlette is what maasctl uses). Target: >= 4x the baseline.
-   Also the server's CPU time per request (from /proc), less sensitive to noise than requests/s, and a
-   diagnostic contender: maasctl serve with onnxruntime's thread spinning off (benchmarks/_serve_nospin.py).
+   Also the server's CPU time per request (from /proc), less sensitive to noise than requests/s.
 2. latency at 1 connection: median of maasctl serve vs one in-process onnxruntime run of one sample (same
-   session options). Target: within 1 ms. The baseline app, and maasctl with --max-queue-delay-ms 0, for context.
+   session options). Target: within 1 ms. The baseline app, and maasctl with --max-queue-delay-ms 0 (now the default), for context.
 3. sweep over concurrency: throughput, p50, p99 for maasctl and the baseline, and maasctl's average batch size
    from /metrics (delta of nv_inference_count_total / nv_inference_exec_count_total over the step).
 4. binary tensors (Triton's binary_tensor_data extension, binary output too) vs JSON at 16 connections.
@@ -183,7 +182,6 @@ def main() -> None:
     parser.add_argument("--sweep", default=",".join(map(str, SWEEP)), help="concurrencies for section 3")
     parser.add_argument("--sweep-repeats", type=int, default=3, help="alternating runs per contender and point in section 3")
     parser.add_argument("--no-binary", action="store_true", help="skip section 4")
-    parser.add_argument("--no-diagnostic", action="store_true", help="skip the spinning-off maasctl in section 1")
     args = parser.parse_args()
 
     maasctl = shutil.which("maasctl", path=os.path.dirname(sys.executable)) or shutil.which("maasctl")
@@ -221,13 +219,6 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
     servers.append(base)
     check_answers(base, path, bodies, expected, binary=False)
     no_delay = start_maasctl("maasctl-delay0", "--max-queue-delay-ms", "0")
-    no_spin = None
-    if not args.no_diagnostic:
-        port = free_port()
-        no_spin = Server("maasctl-nospin", [sys.executable, str(HERE / "_serve_nospin.py"), "--repo", str(repo), "--port", str(port)],
-                         port, tmp / "maasctl-nospin.log", tmp)
-        servers.append(no_spin)
-        check_answers(no_spin, path, bodies, expected, binary=True)
 
     def measure(server: Server, kind: str, concurrency: int, duration: float) -> dict:
         body, headers = bodies[kind]
@@ -252,8 +243,6 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
 
     # 1. throughput at 16 connections
     contenders = {"maasctl": (ours, "json"), "baseline": (base, "json")}
-    if no_spin is not None:
-        contenders["nospin"] = (no_spin, "json")
     r1 = alternate(contenders, 16)
     ours_rps, base_rps = med(r1["maasctl"], "rps"), med(r1["baseline"], "rps")
     cpu = {k: statistics.median(r["server_cpu_s"] / (r["ok"] * (1 + args.warmup / args.duration)) for r in v) * 1e6 for k, v in r1.items()}
@@ -264,11 +253,6 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
           f"  (one ort run per request)  server CPU ~{cpu['baseline']:4.0f} us/req")
     print(f"   ratio           {ours_rps / base_rps:8.2f}x   (single runs: maasctl {[round(r['rps']) for r in r1['maasctl']]}, "
           f"baseline {[round(r['rps']) for r in r1['baseline']]})")
-    if no_spin is not None:
-        n = r1["nospin"]
-        print(f"   diagnostic: maasctl serve with onnxruntime spinning off (benchmarks/_serve_nospin.py): {med(n, 'rps'):.0f} req/s, "
-              f"{med(n, 'rps') / ours_rps:.2f}x maasctl, {med(n, 'rps') / base_rps:.2f}x baseline, p50 {med(n, 'p50_s') * 1e3:.2f} ms, "
-              f"server CPU ~{cpu['nospin']:.0f} us/req (single runs {[round(r['rps']) for r in n]})")
 
     # 2. latency at 1 connection
     r2 = alternate({"maasctl": (ours, "json"), "maasctl-delay0": (no_delay, "json"), "baseline": (base, "json")}, 1)
