@@ -141,18 +141,30 @@ def export(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset)"),
     atol: Optional[float] = typer.Option(None, "--atol", help="parity tolerance (default: the recipe's export.atol)"),
     exporter: str = typer.Option("auto", "--exporter", help="auto (dynamo, falling back to torchscript) | dynamo | torchscript"),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: static QDQ (calibrated on training samples) for CNNs, dynamic for MLP/RNN/Transformer; filed instead of fp32"),
+    fp16: bool = typer.Option(False, "--fp16", help="file a float16 model (float32 inputs and outputs kept)"),
+    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", min=0, help="refuse a compressed model whose test accuracy is more than this below fp32 (0.01 = 1 point)"),
+    force: bool = typer.Option(False, "--force", help="file the compressed model even past --max-accuracy-drop"),
     artifacts: Path = ARTIFACTS,
     json_: bool = JSON,
 ) -> None:
     """Export a run's best checkpoint to ONNX, check it against PyTorch, file it as the next model version."""
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise MaasctlError(f"--exporter {exporter!r}: use auto, dynamo or torchscript")
+    if quantize is not None and quantize != "int8":
+        raise MaasctlError(f"--quantize {quantize!r}: use int8")
+    if quantize and fp16:
+        raise MaasctlError("--quantize and --fp16: pick one")
+    compress = quantize or ("fp16" if fp16 else None)
     from maasctl.export.onnx_export import export_run
     from maasctl.repository import ModelRepository
     from maasctl.train.rundir import find_run_dir
 
     run_dir = find_run_dir(run, artifacts / "runs")
-    result = export_run(run_dir, ModelRepository(artifacts / "models"), name=name, opset=opset, atol=atol, exporter=exporter, log=_log)
+    result = export_run(
+        run_dir, ModelRepository(artifacts / "models"), name=name, opset=opset, atol=atol, exporter=exporter,
+        compress=compress, max_accuracy_drop=max_accuracy_drop, force=force, log=_log,
+    )
     _log(f"filed {result.name} version {result.version} at {result.path}")
     if json_:
         _emit_json(result.to_json())

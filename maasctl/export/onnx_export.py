@@ -37,8 +37,10 @@ class ExportResult:
     exporter: str
     max_abs_diff: float
     top1_agreement: float
+    compression: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"compression": self.compression} if self.compression else {}
         return {
             "name": self.name,
             "version": self.version,
@@ -46,6 +48,7 @@ class ExportResult:
             "exporter": self.exporter,
             "max_abs_diff": self.max_abs_diff,
             "top1_agreement": self.top1_agreement,
+            **extra,
         }
 
 
@@ -57,8 +60,13 @@ def export_run(
     opset: int | None = None,
     atol: float | None = None,
     exporter: str = "auto",
+    compress: str | None = None,
+    max_accuracy_drop: float = 0.01,
+    force: bool = False,
     log: Callable[[str], None] = lambda msg: None,
 ) -> ExportResult:
+    """`compress` (int8 | fp16): the parity gate runs on the fp32 export first, then the compressed model is
+    measured beside it (maasctl/export/compress.py), gated on `max_accuracy_drop`, and filed instead of it."""
     recipe = load_recipe(run_dir / "recipe.yaml")
     opset = opset or recipe.export.opset
     atol = atol if atol is not None else recipe.export.atol
@@ -76,10 +84,27 @@ def export_run(
 
     sequence_axis = meta.get("input_kind") in ("sequence", "tokens") and "tokens" in get_model_entry(meta["model_name"]).inputs
     staged = repo.staging_dir()
+    report = None
     try:
         onnx_path = staged / ONNX_FILE
-        used, diff, agreement = _export_checked(model, samples, onnx_path, opset, exporter, atol, sequence_axis, log)
+        if compress is None:
+            used, diff, agreement = _export_checked(model, samples, onnx_path, opset, exporter, atol, sequence_axis, log)
+        else:
+            import tempfile
+
+            from maasctl.export.compress import compress_and_measure
+
+            with tempfile.TemporaryDirectory(prefix="maasctl-fp32-") as tmp:
+                fp32_path = Path(tmp) / ONNX_FILE
+                used, diff, agreement = _export_checked(model, samples, fp32_path, opset, exporter, atol, sequence_axis, log)
+                report = compress_and_measure(
+                    fp32_path, onnx_path, compress, meta, data, max_accuracy_drop=max_accuracy_drop, force=force, log=log
+                )
+                _check_onnx(onnx_path)
         manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement, sequence_axis)
+        if report is not None:
+            manifest["metrics"] = report.pop("_metrics")  # the filed (compressed) model's own test metrics
+            manifest["compression"] = report
         manifest["recipe"] = recipe.model_dump(mode="json")  # the model folder alone says how to rebuild its data
         atomic_write_json(staged / MANIFEST, manifest)
         filed = repo.add_version(name or recipe.name, staged)
@@ -88,7 +113,7 @@ def export_run(
         raise
     # Triton reads <repo>/<name>/config.pbtxt beside the version folders: the same repository serves there too.
     atomic_write_text(filed.path.parent / "config.pbtxt", triton_config(filed.name, manifest))
-    return ExportResult(filed.name, filed.version, filed.path, used, diff, agreement)
+    return ExportResult(filed.name, filed.version, filed.path, used, diff, agreement, report)
 
 
 def _export_checked(model, samples, onnx_path: Path, opset: int, exporter: str, atol: float, sequence_axis: bool, log) -> tuple[str, float, float]:
