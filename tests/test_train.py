@@ -203,3 +203,28 @@ def test_resume_may_change_how_a_run_runs_but_not_what_it_trains():
     check_resumable(saved, load_recipe(None, ["train.amp=bf16", "train.channels_last=off", "train.compile=true", "train.epochs=40"]))
     with pytest.raises(UsageError, match="train.optimizer.lr"):
         check_resumable(saved, load_recipe(None, ["train.optimizer.lr=0.1"]))
+
+
+@pytest.mark.parametrize(
+    "schedule, expect",
+    [
+        # 10 steps an epoch (1258 training digits, batch 128), 3 epochs, peak lr 0.01
+        ("step", lambda lrs: lrs[0] == lrs[9] == pytest.approx(0.01) and lrs[10] == pytest.approx(0.005) and lrs[20] == pytest.approx(0.0025)),
+        ("onecycle", lambda lrs: lrs[0] < 0.002 and max(lrs) == pytest.approx(0.01) and 7 <= lrs.index(max(lrs)) <= 9 and lrs[-1] < 0.001),
+        ("cosine", lambda lrs: lrs[0] == pytest.approx(0.01, rel=0.01) and lrs[-1] < 0.0001 and lrs == sorted(lrs, reverse=True)),
+    ],
+)
+def test_learning_rate_schedules(schedule, expect):
+    from maasctl.recipe import load_recipe
+    from maasctl.train.trainer import Trainer
+
+    recipe = load_recipe(None, [f"train.schedule={schedule}", "train.step_epochs=1", "train.step_gamma=0.5", "train.epochs=3",
+                                "train.batch_size=128", "train.optimizer.name=sgd", "train.optimizer.nesterov=true", "train.optimizer.lr=0.01"])
+    trainer = Trainer(recipe)
+    assert trainer.optimizer.param_groups[0]["nesterov"] is True
+    lrs = []
+    for _ in range(30):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert expect(lrs), lrs

@@ -137,6 +137,7 @@ class OptimizerConfig(Section):
     lr: float = Field(3e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    nesterov: bool = Field(False, description="SGD only: Nesterov momentum")
 
 
 class EarlyStoppingConfig(Section):
@@ -149,7 +150,13 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     seed: int = Field(0, description="seeds the split, the initial weights and the batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
-    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule over all steps")
+    schedule: Literal["cosine", "constant", "step", "onecycle"] = Field(
+        "cosine",
+        description="learning-rate schedule over all steps: cosine decay to 0; constant; step (times step_gamma "
+        "every step_epochs); onecycle (rise to the peak over the first 30%, then cosine down to 0)",
+    )
+    step_epochs: float = Field(10, gt=0, description="schedule step: epochs between learning-rate drops")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="schedule step: factor applied at each drop")
     warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0, in epochs (fractions allowed)")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")

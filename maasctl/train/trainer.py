@@ -99,7 +99,11 @@ class Trainer:
         samples_per_rank = math.ceil(len(self.data.train.y) / self.dist.world_size)
         steps_per_epoch = math.ceil(samples_per_rank / self.batch_size)
         self.scheduler = _make_scheduler(
-            recipe, self.optimizer, total_steps=cfg.epochs * steps_per_epoch, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch)
+            recipe,
+            self.optimizer,
+            total_steps=cfg.epochs * steps_per_epoch,
+            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+            steps_per_epoch=steps_per_epoch,
         )
         self.scaler = self.accel.grad_scaler()
         if self.device.type == "cuda":
@@ -349,22 +353,30 @@ def _to_device(split: Any, device: torch.device) -> tuple[torch.Tensor, torch.Te
 def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = recipe.train.optimizer
     if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
-    """Per-step learning-rate factor: linear warm-up, then constant or cosine decay to 0 at the last step."""
-    cosine = recipe.train.schedule == "cosine"
+def _make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, steps_per_epoch: int):
+    """Per-step learning-rate factor: linear warm-up, then the recipe's schedule (see TrainConfig.schedule)."""
+    cfg = recipe.train
+    step_size = max(1, round(cfg.step_epochs * steps_per_epoch))
+
+    def cosine(progress: float) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
     def factor(step: int) -> float:
+        if cfg.schedule == "onecycle":  # its own warm-up: up over 30% of the steps, then cosine down
+            peak = max(1, round(0.3 * total_steps))
+            return (step + 1) / peak if step < peak else cosine((step - peak) / max(1, total_steps - peak))
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        if not cosine:
+        if cfg.schedule == "constant":
             return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.schedule == "step":
+            return cfg.step_gamma ** ((step - warmup_steps) // step_size)
+        return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
