@@ -87,3 +87,21 @@ def test_models_lists_registry_and_repository(model_repo):
     listing = json.loads(run_cli("models", "list", "--repo", str(model_repo), "--json").stdout)
     assert [(m["name"], m["version"]) for m in listing["models"]] == [("digits", 1)]
     assert listing["models"][0]["bytes"] == (model_repo / "digits" / "1" / "model.onnx").stat().st_size
+
+
+def test_unsupported_opset_is_a_usage_error(workspace, tmp_path):
+    shutil.copytree(workspace / "artifacts" / "runs", tmp_path / "artifacts" / "runs")
+    proc = run_cli("export", "digits", "--opset", "99", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "--opset 99: choose 13..23" in proc.stderr
+    assert not (tmp_path / "artifacts" / "models").exists()
+
+
+def test_checkpoint_from_another_recipe_is_refused(workspace, tmp_path):
+    run = tmp_path / "artifacts" / "runs" / "digits"
+    shutil.copytree(workspace / "artifacts" / "runs" / "digits", run)
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("name: cnn_small", "name: mlp"))
+    proc = run_cli("export", "digits", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "the checkpoint comes from another recipe" in proc.stderr
+    models = tmp_path / "artifacts" / "models"
+    assert not models.exists() or not any(p.is_file() for p in models.rglob("*"))

@@ -27,6 +27,7 @@ from maasctl.train.checkpoint import load_checkpoint
 from maasctl.train.trainer import build_model_from_meta
 
 PARITY_SAMPLES = 256
+MIN_OPSET, MAX_OPSET = 13, 23  # the recipe schema's export.opset range too
 
 
 @dataclass
@@ -69,11 +70,21 @@ def export_run(
     measured beside it (maasctl/export/compress.py), gated on `max_accuracy_drop`, and filed instead of it."""
     recipe = load_recipe(run_dir / "recipe.yaml")
     opset = opset or recipe.export.opset
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset {opset}: choose {MIN_OPSET}..{MAX_OPSET} (what torch's exporter and the pinned onnxruntime support)")
     atol = atol if atol is not None else recipe.export.atol
     ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     meta = ckpt["meta"]
     model = build_model_from_meta(meta, weights_follow=True)
-    model.load_state_dict(ckpt["model"])
+    if (meta["model_name"], meta["model_params"]) != (recipe.model.name, recipe.model.params):
+        raise UsageError(
+            f"{run_dir}: the checkpoint holds a {meta['model_name']} {meta['model_params']}, but the run's recipe.yaml "
+            f"names {recipe.model.name} {recipe.model.params}; the checkpoint comes from another recipe. Nothing was filed."
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"{run_dir}: the checkpoint's weights do not fit the model: {str(exc).splitlines()[0]}. Nothing was filed.") from None
     model.eval()
 
     data = build_dataset(recipe.data, recipe.train.seed)
