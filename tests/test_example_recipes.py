@@ -35,6 +35,10 @@ def test_example_recipe_trains_and_exports(examples_dir, recipe):
     assert result["metrics"]["test_accuracy"] > 0  # one epoch: it ran end to end; accuracy figures are in the README
     exported = json.loads(run_cli("export", result["run_dir"], "--json", cwd=examples_dir).stdout)
     assert exported["top1_agreement"] == 1.0
+    # The filed ONNX model, scored by onnxruntime alone, matches the PyTorch checkpoint's test accuracy (at most
+    # one near-tie sample may flip between the two float32 implementations).
+    evaluated = json.loads(run_cli("evaluate", f"{exported['name']}:{exported['version']}", "--json", cwd=examples_dir).stdout)
+    assert abs(evaluated["metrics"]["accuracy"] - result["metrics"]["test_accuracy"]) <= 1 / evaluated["samples"] + 1e-12
 
 
 @pytest.mark.parametrize("recipe", DOWNLOADED)
