@@ -6,6 +6,8 @@ Exit codes (documented in `maasctl --help` and the README):
 
 from __future__ import annotations
 
+from typing import Iterable
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -39,3 +41,11 @@ class Unavailable(MaasctlError):
     """A model or server that should be there is not (unreachable URL, missing model)."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest option, or "" when none is close: the tail of an error message."""
+    import difflib  # only when a message is being built: errors.py is on predict's start-up path
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""

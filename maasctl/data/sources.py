@@ -4,7 +4,6 @@ preprocessing statistics on the training split only."""
 from __future__ import annotations
 
 import csv
-import difflib
 import json
 from importlib import resources
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from maasctl.data.datasets import Dataset, Split, check_splits, encode_labels, stratified_split
-from maasctl.errors import UsageError
+from maasctl.errors import UsageError, did_you_mean
 from maasctl.preprocess import (
     TextEncoder,
     image_spec,
@@ -146,9 +145,7 @@ def _require_file(path: str, key: str) -> Path:
 
 
 def _column_error(key: str, wanted: str, columns: list[str], path: Path) -> UsageError:
-    close = difflib.get_close_matches(wanted, columns, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return UsageError(f"{key}: {wanted!r} is not a column of {path} (columns: {', '.join(columns)}){hint}")
+    return UsageError(f"{key}: {wanted!r} is not a column of {path} (columns: {', '.join(columns)}){did_you_mean(wanted, columns)}")
 
 
 def _three_way(labels: np.ndarray, cfg: Any, seed: int) -> list[np.ndarray]:

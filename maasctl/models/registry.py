@@ -9,13 +9,12 @@ Input kinds: "image" float32 (C,H,W) · "features" float32 (F,) · "sequence" fl
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from maasctl.errors import UsageError
+from maasctl.errors import UsageError, did_you_mean
 
 INPUT_KINDS = ("image", "features", "sequence", "tokens")
 DATA_ARGS = ("input_shape", "num_classes", "vocab_size")
@@ -66,8 +65,7 @@ def list_models(pattern: str = "*") -> list[str]:
 def get_model_entry(name: str) -> ModelEntry:
     entry = _REGISTRY.get(name)
     if entry is None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known models: {', '.join(list_models())}"
+        hint = did_you_mean(name, _REGISTRY) or f"; known models: {', '.join(list_models())}"
         raise UsageError(f"model.name: unknown model {name!r}{hint}")
     return entry
 

@@ -6,7 +6,6 @@ or choice, the closest valid one.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import typing
@@ -16,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from maasctl.errors import UsageError
+from maasctl.errors import UsageError, did_you_mean
 from maasctl.recipe.schema import DATA_SOURCES, DigitsData, Recipe
 
 OVERRIDE_FORM = "key.path=value (for example train.epochs=5)"
@@ -107,7 +106,7 @@ def _describe(err: dict[str, Any], overridden: set[tuple[str, ...]], data_model:
     if err["type"] == "union_tag_invalid":  # e.g. data.source: cvs
         loc = loc + ("source",)
         tag = str(err["ctx"]["tag"])
-        hint = _did_you_mean(tag, list(DATA_SOURCES))
+        hint = did_you_mean(tag, list(DATA_SOURCES))
         message = f"unknown source {tag!r}" + (hint or f"; sources: {', '.join(DATA_SOURCES)}")
         origin = " (from --set)" if any(loc[: len(o)] == o or o[: len(loc)] == loc for o in overridden) else ""
         return f"{'.'.join(loc)}{origin}: {message}"
@@ -116,20 +115,15 @@ def _describe(err: dict[str, Any], overridden: set[tuple[str, ...]], data_model:
     origin = " (from --set)" if any(loc[: len(o)] == o or o[: len(loc)] == loc for o in overridden) else ""
     if err["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1], data_model)
-        hint = _did_you_mean(loc[-1], valid)
+        hint = did_you_mean(loc[-1], valid)
         message = f"unknown key{hint}" + (f"; valid keys here: {', '.join(valid)}" if not hint else "")
     else:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error" and isinstance(err.get("input"), str):
-            message += _did_you_mean(err["input"], _choices_at(loc, data_model))
+            message += did_you_mean(err["input"], _choices_at(loc, data_model))
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             message += f" (got {err['input']!r})"
     return f"{key}{origin}: {message}"
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _strip_tags(loc: tuple[str, ...]) -> tuple[str, ...]:
