@@ -32,6 +32,24 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
     return proc
 
 
+def file_onnx_model(repo: Path, name: str, model, **manifest) -> Path:
+    """Check a hand-built ONNX model and file it as `repo/name/1` with a manifest serve and predict accept;
+    `manifest` gives inputs, outputs and any other keys."""
+    import onnx
+
+    from maasctl.fileio import sha256_file
+    from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE
+
+    onnx.checker.check_model(model, full_check=True)
+    folder = repo / name / "1"
+    folder.mkdir(parents=True)
+    onnx.save(model, folder / ONNX_FILE)
+    doc = {"format": MANIFEST_FORMAT, "labels": [], "preprocessing": {}, **manifest}
+    doc["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(folder / ONNX_FILE)}
+    (folder / MANIFEST).write_text(json.dumps(doc), encoding="utf-8")
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

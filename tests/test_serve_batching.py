@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import uvicorn
+from conftest import file_onnx_model
 from prometheus_client.parser import text_string_to_metric_families
 
 from maasctl.repository import ModelRepository
@@ -120,11 +121,7 @@ def load(repo: Path, **batching: Any) -> DataPlane:
 
 def write_rowsum_model(repo: Path) -> None:
     """A model whose second input dimension is dynamic too: x FP32 [batch, n] -> total = x.sum(1) [batch, 1]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
-
-    from maasctl.fileio import sha256_file
-    from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE
 
     graph = helper.make_graph(
         [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1)],
@@ -134,19 +131,13 @@ def write_rowsum_model(repo: Path) -> None:
         initializer=[numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    folder = repo / "rowsum" / "1"
-    folder.mkdir(parents=True)
-    onnx.save(model, folder / ONNX_FILE)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
-        "outputs": [{"name": "total", "datatype": "FP32", "shape": [-1, 1]}],
-        "labels": [],
-        "preprocessing": {},
-        "onnx": {"file": ONNX_FILE, "sha256": sha256_file(folder / ONNX_FILE)},
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    file_onnx_model(
+        repo,
+        "rowsum",
+        model,
+        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, -1]}],
+        outputs=[{"name": "total", "datatype": "FP32", "shape": [-1, 1]}],
+    )
 
 
 # --- the tests ---------------------------------------------------------------------------------------------------

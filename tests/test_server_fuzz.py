@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import onnx
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
@@ -25,8 +24,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper, numpy_helper
 
-from maasctl.fileio import sha256_file
-from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, ModelRepository
+from conftest import file_onnx_model
+from maasctl.repository import ModelRepository
 from maasctl.serve.dataplane import DataPlane
 from maasctl.serve.rest import create_app
 
@@ -53,20 +52,15 @@ def write_tiny_model(repo: Path) -> None:
         initializer=[numpy_helper.from_array(W, "W")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    onnx.checker.check_model(model, full_check=True)
-    folder = repo / "tiny" / "1"
-    folder.mkdir(parents=True)
-    onnx.save(model, folder / ONNX_FILE)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "task": "classification",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
-        "labels": ["a", "b", "c"],
-        "preprocessing": {},
-        "onnx": {"file": ONNX_FILE, "sha256": sha256_file(folder / ONNX_FILE)},
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    file_onnx_model(
+        repo,
+        "tiny",
+        model,
+        task="classification",
+        inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+        outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
+        labels=["a", "b", "c"],
+    )
 
 
 @pytest.fixture(scope="module")
