@@ -184,6 +184,8 @@ def serve(
     max_queue_size: int = typer.Option(256, "--max-queue-size", min=1, help="queued requests per model; beyond it 503 at once"),
     request_timeout_s: Optional[float] = typer.Option(None, "--request-timeout-s", min=0, help="504 when a request's result is not ready in this time (default: no limit)"),
     token: Optional[str] = typer.Option(None, "--token", envvar="MAASCTL_TOKEN", show_envvar=True, help="require 'Authorization: Bearer TOKEN' on all but /v2/health/*; prefer the env variable (argv is visible in ps)"),
+    version_policy: str = typer.Option("latest", "--version-policy", help="versions served per model: latest | latest:N (the N highest) | all"),
+    poll_seconds: float = typer.Option(0, "--poll-seconds", min=0, help="look for new, changed and removed versions this often (0: at start, and on POST /v2/repository/models/NAME/load)"),
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (KServe v2 REST)."""
     if device not in ("auto", "cpu", "cuda"):
@@ -191,10 +193,15 @@ def serve(
     if token is not None and not token.strip():
         raise MaasctlError("--token / MAASCTL_TOKEN is empty: give a secret, or unset it to serve without one")
     from maasctl.serve.batching import BatchingConfig
+    from maasctl.serve.models import VersionPolicy
     from maasctl.serve.server import serve as run_server
 
+    VersionPolicy.parse(version_policy)  # a typo fails here, before any model loads
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size, request_timeout_s or None)
-    run_server(str(repo), host, port, device, int(max_body_mb * 1024 * 1024), access_log, drain_seconds, batching, token)
+    run_server(
+        str(repo), host, port, device, int(max_body_mb * 1024 * 1024), access_log, drain_seconds, batching, token,
+        version_policy, poll_seconds,
+    )
 
 
 @app.command(

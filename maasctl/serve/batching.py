@@ -113,6 +113,12 @@ class ModelBatcher:
                 f"(--max-queue-size {self.config.max_queue_size}); retry later"
             )
 
+    async def drain(self, poll_s: float = 0.005) -> None:
+        """Finish what is queued or executing, then stop (an unload: no new requests reach this batcher)."""
+        while self._pending or self._running:
+            await asyncio.sleep(poll_s)
+        await self.close()
+
     async def close(self) -> None:
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()

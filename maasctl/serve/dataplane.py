@@ -3,82 +3,74 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from maasctl import __version__
-from maasctl.errors import MaasctlError
-from maasctl.protocol.errors import NotFound
-from maasctl.protocol.v2 import DATATYPES, InferResponse, TensorSignature, decode_request, encode_response
+from maasctl.protocol.v2 import InferResponse, decode_request, encode_response
 from maasctl.repository import ModelRepository
-from maasctl.runtime import LoadedModel, load_model
+from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
-from maasctl.serve.batching import BackendError, BatchingConfig, ModelBatcher, Overloaded, TimedOut
+from maasctl.serve.batching import BackendError, BatchingConfig, Overloaded, TimedOut
+from maasctl.serve.models import ServedModels, VersionPolicy
 
 log = logging.getLogger("maasctl.serve")
 
-EXTENSIONS = ["binary_tensor_data", "maasctl_manifest"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "maasctl_manifest"]
 
 
 class DataPlane:
-    def __init__(self, repo: ModelRepository, device: str = "auto", batching: BatchingConfig | None = None) -> None:
+    def __init__(
+        self,
+        repo: ModelRepository,
+        device: str = "auto",
+        batching: BatchingConfig | None = None,
+        version_policy: VersionPolicy | str = "latest",
+    ) -> None:
         self.repo = repo
         self.device = device
         self.batching = batching or BatchingConfig()
         self.metrics = m.Metrics()  # this dataplane's own registry, served at /metrics
-        self.models: dict[str, LoadedModel] = {}  # the version being served, per model name
-        self.signatures: dict[str, TensorSignature] = {}
-        self.batchers: dict[str, ModelBatcher] = {}
-        self.failures: dict[str, str] = {}
+        policy = version_policy if isinstance(version_policy, VersionPolicy) else VersionPolicy.parse(version_policy)
+        self.served = ServedModels(repo, device, self.batching, self.metrics, policy)
         self.loaded = False
 
     def load_all(self) -> None:
-        """Load and warm up the latest version of every model; a model that fails is reported, not fatal."""
-        for name in self.repo.names():
-            try:
-                # No spinning: idle onnxruntime threads would busy-wait on the cores the event loop needs
-                # (measured on 2 cores: ~650 µs of CPU per request at 16 connections, half the throughput).
-                model = load_model(self.repo.get(name), self.device, allow_spinning=False)
-                _warm_up(model)
-            except MaasctlError as exc:
-                self.failures[name] = str(exc)
-                log.error("model %s failed to load: %s", name, exc)
-                continue
-            self.models[name] = model
-            self.signatures[name] = TensorSignature(model.inputs, model.outputs)
-            batcher = self.batchers[name] = ModelBatcher(model, self.batching, self.metrics)
-            max_batch = self.batching.max_batch_size if batcher.batchable else 1
-            self.metrics.model_loaded(name, model.version, model.provider, max_batch)
-            batching = f"dynamic batching up to {max_batch} rows" if batcher.batchable else "no batching"
-            log.info("model %s version %d ready on %s, %s", name, model.version, model.provider, batching)
-        if not self.models and not self.failures:
+        """Load and warm up every model's versions per the policy; a model that fails is reported, not fatal."""
+        self.served.load_all()
+        if not self.served.served and not self.served.expected:
             log.warning("no models in %s: export one with `maasctl export RUN`", self.repo.root)
         self.loaded = True
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.failures
+        return self.loaded and self.served.ready
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """The default (highest served) version of each model."""
+        return {name: versions[max(versions)].model for name, versions in self.served.served.items()}
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Models readiness waits for that have nothing to serve, and why."""
+        return {name: why for name in sorted(self.served.expected) if (why := self.served.failure(name))}
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "maasctl", "version": __version__, "extensions": EXTENSIONS}
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
-        model = self.models.get(name)
-        if model is None:
-            reason = f": it failed to load ({self.failures[name]})" if name in self.failures else ""
-            raise NotFound(f"unknown model {name!r}{reason}")
-        if version is not None and version != str(model.version):
-            raise NotFound(f"model {name!r} has no version {version!r} loaded (serving version {model.version})")
-        return model
+        return self.served.get(name, version).model
 
     def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         model = self.model(name, version)
         return {
             "name": model.name,
-            "versions": [str(model.version)],
+            "versions": [str(v) for v in sorted(self.served.served[name])],
             "platform": "onnx_onnxv1",
             "inputs": [t.to_json() for t in model.inputs],
             "outputs": [t.to_json() for t in model.outputs],
@@ -90,15 +82,30 @@ class DataPlane:
         return {**model.manifest, "name": model.name, "version": model.version, "provider": model.provider}
 
     async def infer(self, name: str, version: str | None, body: bytes, header_length: str | None) -> tuple[bytes, dict[str, str]]:
-        model = self.model(name, version)
+        served = self.served.get(name, version)
+        model = served.model
+        with self._counted(model):
+            served.batcher.raise_if_full()
+            request = decode_request(body, header_length, served.signature)
+            outputs = await served.batcher.infer(request.inputs, request.outputs)
+            response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
+            return encode_response(response)
+
+    async def infer_tensors(
+        self, name: str, version: str | None, inputs: dict[str, np.ndarray]
+    ) -> tuple[LoadedModel, dict[str, np.ndarray]]:
+        """Inference on arrays already decoded (the file-upload endpoint): same batching and metrics as infer."""
+        served = self.served.get(name, version)
+        with self._counted(served.model):
+            return served.model, await served.batcher.infer(inputs)
+
+    @contextlib.contextmanager
+    def _counted(self, model: LoadedModel) -> Iterator[None]:
+        """Count one request to `model` as a success (with its latency) or a failure by reason."""
         labels = (model.name, str(model.version))
         start = time.perf_counter()
         try:
-            self.batchers[name].raise_if_full()
-            request = decode_request(body, header_length, self.signatures[name])
-            outputs = await self.batchers[name].infer(request.inputs, request.outputs)
-            response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
-            encoded = encode_response(response)
+            yield
         except asyncio.CancelledError:
             self.metrics.failure.labels(*labels, m.CANCELED).inc()
             raise
@@ -107,12 +114,24 @@ class DataPlane:
             raise
         self.metrics.success.labels(*labels).inc()
         self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - start)
-        return encoded
+
+    # --- the repository extension ---------------------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        return self.served.index(ready_only)
+
+    async def load_model(self, name: str) -> list[int]:
+        return await self.served.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.served.unload(name)
+
+    async def poll_repository(self) -> None:
+        await self.served.poll()
 
     async def close(self) -> None:
         """Stop the batch workers (at shutdown, after in-flight requests have drained)."""
-        for batcher in self.batchers.values():
-            await batcher.close()
+        await self.served.close()
 
 
 def _reason(exc: Exception) -> str:
@@ -123,12 +142,3 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, BackendError):
         return m.BACKEND
     return m.OTHER
-
-
-def _warm_up(model: LoadedModel) -> None:
-    """One inference at load, so the first request does not pay for onnxruntime's lazy initialisation."""
-    feeds = {}
-    for spec in model.inputs:
-        shape = [1 if d < 0 else d for d in spec.shape]
-        feeds[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype])
-    model.run(feeds)

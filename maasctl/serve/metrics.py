@@ -49,15 +49,27 @@ class Metrics:
             "maasctl_model_info", "1 for each model being served, with its execution provider and batching",
             (*LABELS, "provider", "max_batch_size"), registry=r,
         )
+        self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def model_loaded(self, name: str, version: int, provider: str, max_batch_size: int) -> None:
         labels = (name, str(version))
-        self.model_info.labels(*labels, provider, str(max_batch_size)).set(1)
+        self._info_labels[labels] = (*labels, provider, str(max_batch_size))
+        self.model_info.labels(*self._info_labels[labels]).set(1)
         # Zero series from the start, so rate() and dashboards see every model before its first request.
         self.success.labels(*labels)
         self.count.labels(*labels)
         self.exec_count.labels(*labels)
         self.pending.labels(*labels).set(0)
+
+    def model_unloaded(self, name: str, version: int) -> None:
+        """Drop the version's info and queue gauges; its counters stay, so totals never go backwards."""
+        info = self._info_labels.pop((name, str(version)), None)
+        if info is not None:
+            self.model_info.remove(*info)
+        try:
+            self.pending.remove(name, str(version))
+        except KeyError:
+            pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

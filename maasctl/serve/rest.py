@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator
@@ -14,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from maasctl.protocol.errors import InferenceError, PayloadTooLarge
+from maasctl.protocol.errors import InferenceError, InvalidInput, PayloadTooLarge
 from maasctl.serve.access_log import AccessLog
 from maasctl.serve.auth import BearerAuth
 from maasctl.serve.batching import Overloaded
@@ -34,9 +35,11 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     token: str | None = None,
     access_log: bool = False,
+    poll_seconds: float = 0,
 ) -> Starlette:
     """The ASGI app. `token`: require `Authorization: Bearer <token>` on all but the health probes (see auth.py).
-    `access_log`: one JSON line per request on the `maasctl.access` logger."""
+    `access_log`: one JSON line per request on the `maasctl.access` logger. `poll_seconds`: look for new, changed
+    and removed model versions in the repository this often (0: only at start and on explicit load)."""
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -69,6 +72,28 @@ def create_app(
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
 
+    async def repository_index(request: Request) -> Response:
+        options = await _json_options(request, max_body_bytes)
+        ready_only = options.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidInput(f'"ready" must be true or false, not {ready_only!r}')
+        return json_response(dataplane.repository_index(ready_only))
+
+    async def load(request: Request) -> Response:
+        parameters = (await _json_options(request, max_body_bytes)).get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput('"parameters" must be an object')
+        if parameters:
+            # Triton lets a load override the config or upload files; maasctl serves what export filed, as filed.
+            raise InvalidInput(f"load parameters are not supported (got: {', '.join(sorted(parameters))}); export a new version instead")
+        await dataplane.load_model(request.path_params["name"])
+        return Response(status_code=200)
+
+    async def unload(request: Request) -> Response:
+        await _json_options(request, max_body_bytes)  # Triton's unload_dependents has no meaning here
+        await dataplane.unload_model(request.path_params["name"])
+        return Response(status_code=200)
+
     async def metrics(request: Request) -> Response:
         return Response(dataplane.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -96,6 +121,9 @@ def create_app(
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),
         Route("/metrics", metrics),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", unload, methods=["POST"]),
     ]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         routes += [
@@ -106,7 +134,12 @@ def create_app(
         ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        poller = asyncio.create_task(_poll(dataplane, poll_seconds)) if poll_seconds else None
         yield
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         await dataplane.close()  # after uvicorn has drained in-flight requests
 
     middleware = []
@@ -120,6 +153,29 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={InferenceError: on_inference_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
+
+
+async def _poll(dataplane: DataPlane, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await dataplane.poll_repository()
+        except Exception:  # a bad poll (a repository on a flaky mount) must not end polling, nor the server
+            log.exception("polling the model repository failed; trying again in %g s", every)
+
+
+async def _json_options(request: Request, limit: int) -> dict:
+    """The optional JSON object body of a repository request; empty when there is none."""
+    body = await _read_body(request, limit)
+    if not body.strip():
+        return {}
+    try:
+        options = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return options
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

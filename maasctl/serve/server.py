@@ -37,6 +37,8 @@ def serve(
     drain_seconds: float,
     batching: BatchingConfig | None = None,
     token: str | None = None,
+    version_policy: str = "latest",
+    poll_seconds: float = 0,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if access_log:
@@ -44,10 +46,10 @@ def serve(
     log = logging.getLogger("maasctl.serve")
     if token is None and not _is_loopback(host):
         log.warning("listening on %s without a token: anyone who can reach the port can use it (set MAASCTL_TOKEN)", host)
-    dataplane = DataPlane(ModelRepository(repo), device, batching)
+    dataplane = DataPlane(ModelRepository(repo), device, batching, version_policy)
     dataplane.load_all()
     config = uvicorn.Config(
-        create_app(dataplane, max_body_bytes, token=token, access_log=access_log),
+        create_app(dataplane, max_body_bytes, token=token, access_log=access_log, poll_seconds=poll_seconds),
         host=host,
         port=port,
         log_level="info",
