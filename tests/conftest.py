@@ -32,8 +32,8 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
     return proc
 
 
-def file_onnx_model(repo: Path, name: str, model, **manifest) -> Path:
-    """Check a hand-built ONNX model and file it as `repo/name/1` with a manifest serve and predict accept;
+def file_onnx_model(repo: Path, name: str, model, version: int = 1, **manifest) -> Path:
+    """Check a hand-built ONNX model and file it as `repo/name/version` with a manifest serve and predict accept;
     `manifest` gives inputs, outputs and any other keys."""
     import onnx
 
@@ -41,7 +41,7 @@ def file_onnx_model(repo: Path, name: str, model, **manifest) -> Path:
     from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE
 
     onnx.checker.check_model(model, full_check=True)
-    folder = repo / name / "1"
+    folder = repo / name / str(version)
     folder.mkdir(parents=True)
     onnx.save(model, folder / ONNX_FILE)
     doc = {"format": MANIFEST_FORMAT, "labels": [], "preprocessing": {}, **manifest}

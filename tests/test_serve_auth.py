@@ -22,6 +22,8 @@ PROTECTED = [
     ("POST", "/v2/models/digits/infer"),
     ("POST", "/v2/models/digits/versions/1/infer"),
     ("GET", "/metrics"),
+    ("POST", "/v2/repository/index"),
+    ("POST", "/v2/repository/models/digits/load"),  # unload too: the check is by path, and unload would end the module's model
 ]
 
 

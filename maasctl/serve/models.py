@@ -177,7 +177,7 @@ class ServedModels:
                 await self._retire(name, list(self.served[name]))
             for name in sorted(on_disk - self.unloaded):
                 plan = await asyncio.to_thread(self._prepare, name, False)
-                if plan.loaded or plan.retire:
+                if plan.loaded or plan.failed or plan.retire:
                     await self._apply_async(name, plan)
                     if name in self.served:
                         self.expected.add(name)
@@ -194,21 +194,22 @@ class ServedModels:
         on_disk = self.repo.versions(name)
         wanted = self.policy.select(on_disk)
         served = self.served.get(name, {})
-        plan = _Plan()
+        plan, still_broken = _Plan(), False
         for version in wanted:
             if version in served:
                 continue
             fingerprint = _fingerprint(self.repo, name, version)
             known = self.failed.get((name, version))
             if known is not None and not retry_failed and known.fingerprint == fingerprint:
-                continue  # still the same broken files: do not pay for loading them on every poll
+                still_broken = True  # the same broken files: do not pay for loading them on every poll
+                continue
             try:
                 plan.loaded[version] = self._load_version(name, version)
             except MaasctlError as exc:
                 plan.failed[version] = _Failure(str(exc), fingerprint)
         # Retire what the policy no longer wants, but only once every wanted version is in: a failed new version
         # must leave the serving one in place.
-        if not plan.failed:
+        if not plan.failed and not still_broken:
             plan.retire = [v for v in served if v not in wanted]
         return plan
 
