@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import file_onnx_model, run_cli
+from conftest import file_onnx_model, run_cli, start_server, stop_server
 from test_serve_batching import Gate, http, infer, metric, scrape, serving, wait_until
 from tritonclient.utils import InferenceServerException
 
@@ -205,3 +205,16 @@ def test_repository_requests_with_bad_bodies_or_names_get_4xx(repo):
 def test_serve_refuses_an_unknown_version_policy(repo):
     proc = run_cli("serve", "--repo", str(repo), "--version-policy", "newest", check=False)
     assert proc.returncode == 2 and "latest, latest:N" in proc.stderr
+
+
+def test_serve_command_polls_with_policy_all(repo):
+    file_adder(repo, 1)
+    server = start_server(repo, "--version-policy", "all", "--poll-seconds", "0.1")
+    try:
+        file_adder(repo, 2)
+        wait_until(lambda: index(server.url).get("2", ("",))[0] == "READY", "version 2 to be polled in")
+        assert (served_by(server.url, "1"), served_by(server.url, "2")) == (1, 2)  # policy all: both serve
+    finally:
+        code, log = stop_server(server)
+    assert code == 0, log
+    assert "model adder version 2 ready" in log
