@@ -9,13 +9,16 @@ from typing import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from maasctl.protocol.errors import InferenceError, InvalidInput, PayloadTooLarge
+from maasctl.serve import upload
 from maasctl.serve.access_log import AccessLog
 from maasctl.serve.auth import BearerAuth
 from maasctl.serve.batching import Overloaded
@@ -71,6 +74,18 @@ def create_app(
         content, headers = await dataplane.infer(p["name"], p.get("version"), body, header_length)
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
+
+    async def predict(request: Request) -> Response:
+        """Files in (multipart, or a raw body of one kind), labels out: see upload.py."""
+        p = request.path_params
+        model = dataplane.model(p["name"], p.get("version"))  # 404 before any body is read
+        top_k = upload.parse_top_k(request.query_params.getlist("top_k"))
+        content_type = request.headers.get("content-type")
+        if upload.media_type(content_type) == "multipart/form-data":
+            sources = upload.form_sources(await _form_parts(request, max_body_bytes), model.manifest)
+        else:
+            sources = upload.body_sources(content_type, await _read_body(request, max_body_bytes), model.manifest)
+        return json_response(await upload.predict(dataplane, model, sources, top_k))
 
     async def repository_index(request: Request) -> Response:
         options = await _json_options(request, max_body_bytes)
@@ -131,6 +146,7 @@ def create_app(
             Route(prefix + "/ready", model_ready),
             Route(prefix + "/manifest", model_manifest),
             Route(prefix + "/infer", infer, methods=["POST"]),
+            Route(prefix + "/predict", predict, methods=["POST"]),
         ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -179,13 +195,37 @@ async def _json_options(request: Request, limit: int) -> dict:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in _limited_stream(request, limit)])
+
+
+async def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body's chunks; 413 as soon as it is (or says it will be) over `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def _form_parts(request: Request, limit: int) -> list[upload.Part]:
+    """A multipart/form-data body's parts, read within the body limit (starlette's own per-part limit lifted to
+    it: the body limit is the one a client is told about)."""
+    parser = MultiPartParser(request.headers, _limited_stream(request, limit), max_part_size=limit)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidInput(f"not a readable multipart/form-data body: {exc.message}") from None
+    try:
+        parts = []
+        for field, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                parts.append(upload.Part(field, value.filename or "", value.content_type, await value.read()))
+            else:
+                parts.append(upload.Part(field, None, None, value.encode("utf-8")))
+        return parts
+    finally:
+        await form.close()
