@@ -76,7 +76,7 @@ class ModelRepository:
         folder = self.root / name
         if not folder.is_dir():
             return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file())
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdecimal() and (p / MANIFEST).is_file())
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
         versions = self.versions(name)
@@ -119,9 +119,9 @@ def resolve_model(spec: str, repo: ModelRepository) -> ModelVersion:
     """MODEL as given on the command line: a model folder path, `name`, or `name:version`."""
     path = Path(spec)
     if (path / MANIFEST).is_file():
-        version = int(path.name) if path.name.isdigit() else 0
+        version = int(path.name) if path.name.isdecimal() else 0
         return ModelVersion(path.parent.name if version else path.name, version, path)
     name, _, version = spec.partition(":")
-    if version and not version.isdigit():
+    if version and not version.isdecimal():
         raise UsageError(f"model {spec!r}: the version after ':' must be a number, e.g. {name}:1")
     return repo.get(name, int(version) if version else None)

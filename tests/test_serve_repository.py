@@ -94,6 +94,7 @@ def test_latest_serves_the_highest_version_and_lists_the_others(repo):
     with serving(dataplane(repo)) as base:
         assert served_by(base) == 2
         assert http("GET", f"{base}/v2/models/adder/versions/1")[0] == 404
+        assert http("GET", f"{base}/v2/models/adder/versions/%C2%B2")[0] == 404  # '²' is a digit to str.isdigit
         assert json.loads(http("GET", f"{base}/v2/models/adder")[2])["versions"] == ["2"]
         assert index(base) == {"1": ("UNAVAILABLE", "not selected by the version policy latest"), "2": ("READY", "")}
         assert "model_repository" in json.loads(http("GET", f"{base}/v2")[2])["extensions"]

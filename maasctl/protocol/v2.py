@@ -132,7 +132,7 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | None, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.strip().isdigit():
+    if not header_length.strip().isdecimal():
         raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}")
     n = int(header_length)
     if n < 0 or n > len(body):

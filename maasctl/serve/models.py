@@ -50,7 +50,7 @@ class VersionPolicy:
         if text == "latest":
             return cls(1)
         head, _, count = text.partition(":")
-        if head == "latest" and count.isdigit() and int(count) >= 1:
+        if head == "latest" and count.isdecimal() and int(count) >= 1:
             return cls(int(count))
         raise UsageError(f"version policy {text!r}: use latest, latest:N (the N highest versions) or all")
 
@@ -94,7 +94,7 @@ class ServedModels:
             raise NotFound(f"unknown model {name!r}{self._why_not_served(name)}")
         if version is None:
             return versions[max(versions)]
-        served = versions.get(int(version)) if version.isdigit() else None
+        served = versions.get(int(version)) if version.isdecimal() else None
         if served is None:
             loaded = ", ".join(map(str, sorted(versions)))
             raise NotFound(f"model {name!r} has no version {version!r} loaded (serving: {loaded})")

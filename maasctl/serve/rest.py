@@ -201,7 +201,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 async def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The request body's chunks; 413 as soon as it is (or says it will be) over `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isdecimal() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     size = 0
     async for chunk in request.stream():
