@@ -44,7 +44,7 @@ class AccessLog:
                 "path": scope["path"],
                 "status": status,
                 "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-                "bytes_in": int(length) if length.isdecimal() else None,
+                "bytes_in": int(length) if length.isdigit() else None,
                 "bytes_out": sent,
                 "user_agent": headers.get(b"user-agent", b"").decode("latin-1") or None,
             }
