@@ -200,7 +200,8 @@ def test_resume_may_change_how_a_run_runs_but_not_what_it_trains():
     from maasctl.train.rundir import check_resumable
 
     saved = load_recipe(None, [])
-    check_resumable(saved, load_recipe(None, ["train.amp=bf16", "train.channels_last=off", "train.compile=true", "train.epochs=40"]))
+    check_resumable(saved, load_recipe(None, ["train.amp=bf16", "train.channels_last=off", "train.compile=true", "train.epochs=40",
+                                              "train.data_placement=host", "train.data_workers=2"]))
     with pytest.raises(UsageError, match="train.optimizer.lr"):
         check_resumable(saved, load_recipe(None, ["train.optimizer.lr=0.1"]))
 
@@ -228,3 +229,83 @@ def test_learning_rate_schedules(schedule, expect):
         trainer.optimizer.step()
         trainer.scheduler.step()
     assert expect(lrs), lrs
+
+
+def _fit(run_dir, overrides, resume=False):
+    """Train in this process (no CLI start-up); the per-epoch rows without timings, and summary.json."""
+    from maasctl.recipe import load_recipe
+    from maasctl.train.trainer import Trainer
+
+    trainer = Trainer(load_recipe(None, ["train.device=cpu", "train.batch_size=100", *overrides]))
+    try:
+        trainer.fit(run_dir, resume=resume)
+    finally:
+        trainer.close()
+    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(run_dir / "metrics.csv")]
+    return rows, json.loads((run_dir / "summary.json").read_text())
+
+
+def test_host_placement_gives_the_same_metrics_as_device_placement(tmp_path):
+    """The same seed gives the same batches, augmentation and metrics whether a split sits on the device or in host
+    memory behind a DataLoader (here with a worker process, channels_last and augmentation, batches not dividing
+    the split evenly); summary.json says where each split was."""
+    from maasctl.train.rundir import create_run_dir
+
+    common = ["train.epochs=2", "train.channels_last=on", "data.augment.horizontal_flip=true", "data.augment.random_crop_padding=1"]
+    device_rows, device_summary = _fit(create_run_dir(tmp_path, "device"), common)
+    host_rows, host_summary = _fit(create_run_dir(tmp_path, "host"), [*common, "train.data_placement=host", "train.data_workers=1"])
+    assert device_rows == host_rows and len(host_rows) == 2
+    assert device_summary["metrics"] == host_summary["metrics"]
+    # auto on CPU: the data is in the device's memory already
+    assert device_summary["data_placement"] == {"train": "device", "validation": "device", "test": "device"}
+    assert "the device is the CPU" in device_summary["data_placement_note"]
+    assert host_summary["data_placement"] == {"train": "host", "validation": "host", "test": "host"}
+
+
+def test_resume_with_host_placement_continues_like_device_placement(tmp_path):
+    """data_placement may change on --resume; the resumed epochs match whichever placement runs them."""
+    import shutil
+
+    from maasctl.train.rundir import create_run_dir
+
+    first, _ = _fit(create_run_dir(tmp_path, "a"), ["train.epochs=1"])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    on_device, _ = _fit(tmp_path / "a", ["train.epochs=2"], resume=True)
+    on_host, summary = _fit(tmp_path / "b", ["train.epochs=2", "train.data_placement=host"], resume=True)
+    assert on_host == on_device and on_host[:1] == first and len(on_host) == 2
+    assert summary["data_placement"]["train"] == "host"
+
+
+def test_placement_decision_from_free_gpu_memory():
+    """auto on CUDA keeps on the GPU the splits that fit together in half of its free memory; the rest stay in host memory."""
+    from maasctl.errors import UsageError
+    from maasctl.train.placement import choose_placement
+
+    mib = 2**20
+    sizes = {"train": 600 * mib, "validation": 100 * mib, "test": 100 * mib}
+
+    def where(requested, device_type, free):
+        return {s: p.where for s, p in choose_placement(requested, device_type, sizes, free).items()}
+
+    assert where("auto", "cuda", 4096 * mib) == {"train": "device", "validation": "device", "test": "device"}
+    assert where("auto", "cuda", 1500 * mib) == {"train": "device", "validation": "device", "test": "host"}  # 800 > 750
+    assert where("auto", "cuda", 1024 * mib) == {"train": "host", "validation": "device", "test": "device"}
+    assert where("auto", "cpu", None) == {"train": "device", "validation": "device", "test": "device"}
+    assert where("host", "cuda", 4096 * mib) == where("host", "cpu", None) == {"train": "host", "validation": "host", "test": "host"}
+    assert where("device", "cuda", 900 * mib) == {"train": "device", "validation": "device", "test": "device"}
+    why = choose_placement("auto", "cuda", sizes, 1024 * mib)["train"].why
+    assert why == "600.0 MiB > 512.0 MiB, half of the free GPU memory"
+    assert choose_placement("auto", "cuda", sizes, 1500 * mib)["test"].why == "100.0 MiB with 700.0 MiB already on the GPU > 750.0 MiB, half of the free GPU memory"
+    # Asking for device placement when the splits cannot fit fails before training, not with an OOM mid-epoch.
+    with pytest.raises(UsageError, match=r"data_placement: device needs 800.0 MiB .* GPU has 700.0 MiB free; use train.data_placement=auto"):
+        choose_placement("device", "cuda", sizes, 700 * mib)
+
+
+def test_data_placement_values_are_checked_by_the_schema():
+    from maasctl.recipe import RecipeError, load_recipe
+
+    assert load_recipe(None, []).train.data_placement == "auto"
+    with pytest.raises(RecipeError, match=r"train.data_placement \(from --set\): Input should be 'auto', 'device' or 'host'"):
+        load_recipe(None, ["train.data_placement=gpu"])
+    with pytest.raises(RecipeError, match=r"train.data_workers \(from --set\): Input should be greater than or equal to 0"):
+        load_recipe(None, ["train.data_workers=-1"])

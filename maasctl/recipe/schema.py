@@ -176,6 +176,17 @@ class TrainConfig(Section):
         "auto", description="NHWC memory format for image (N,C,H,W) inputs and model: auto = on with CUDA, off on CPU"
     )
     compile: bool = Field(False, description="torch.compile the training step: slower start, faster steps (on CPU it needs a C++ compiler)")
+    data_placement: Literal["auto", "device", "host"] = Field(
+        "auto",
+        description="where each data split lives while training: device = copied to the device once, batches indexed "
+        "there (fastest; the split must fit in GPU memory); host = kept in CPU memory, each batch sliced by a DataLoader "
+        "and copied over (pinned memory, non_blocking) for datasets larger than the GPU; auto = device on CPU, and on CUDA "
+        "for the splits that fit together in half of the free GPU memory, host for the others",
+    )
+    data_workers: int = Field(
+        0, ge=0, le=64, description="data_placement host: DataLoader worker processes slicing batches; 0 slices them in "
+        "the training process, which suits in-memory tensors"
+    )
 
     @field_validator("amp", "channels_last", mode="before")
     @classmethod

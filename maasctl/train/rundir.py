@@ -9,7 +9,7 @@ from maasctl.errors import UsageError
 from maasctl.recipe import Recipe
 
 # Settings that change how training runs, not what the checkpoint means: free to change on --resume.
-ENGINE_KEYS = ("device", "amp", "channels_last", "compile")
+ENGINE_KEYS = ("device", "amp", "channels_last", "compile", "data_placement", "data_workers")
 
 
 def create_run_dir(runs_root: Path, name: str) -> Path:
@@ -35,8 +35,8 @@ def find_run_dir(run: str, runs_root: Path) -> Path:
 
 
 def check_resumable(saved: Recipe, requested: Recipe) -> None:
-    """A resumed run may train for more epochs, and run differently (device, amp, channels_last, compile; any number
-    of processes); anything else changes what the checkpoint means."""
+    """A resumed run may train for more epochs, and run differently (device, amp, channels_last, compile, data
+    placement; any number of processes); anything else changes what the checkpoint means."""
     a = saved.model_dump(mode="json")
     b = requested.model_dump(mode="json")
     for free in ("epochs", *ENGINE_KEYS):

@@ -2,7 +2,8 @@
 
 Everything it does is chosen by the recipe; it writes only inside its run folder. The same code runs as one
 process or as N under torchrun (DistributedDataParallel): each rank trains on its shard of every epoch, rank 0
-alone evaluates and writes (see maasctl/train/distributed.py).
+alone evaluates and writes (see maasctl/train/distributed.py). Each data split is kept on the device, or in host
+memory when it would not fit there, and fed the same batches either way (see maasctl/train/placement.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import csv
 import io
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train import distributed as ddp
 from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
+from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
 from maasctl.train.plots import plot_confusion, plot_curves
 from maasctl.train.rundir import check_resumable  # noqa: F401  (re-exported: its home was here)
 
@@ -108,7 +111,12 @@ class Trainer:
         self.scaler = self.accel.grad_scaler()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes repeat every step: let cuDNN time its algorithms once
-        self._device_splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Where each split lives (train.data_placement): on the device, or in host memory when it would not fit.
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+        split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
+        self.placement: dict[str, Placement] = choose_placement(cfg.data_placement, self.device.type, split_bytes, free)
+        self._feeds: dict[str, SplitFeed] = {}
+        self.log: Callable[[str], None] = _log_stderr  # rank 0's one-line notes (the data placement)
 
         # The process group last: a bad recipe above fails on every rank alike, leaving no rank waiting for another.
         ddp.init_process_group(self.dist, self.device)
@@ -131,12 +139,12 @@ class Trainer:
         """Run `fn` on rank 0 only (e.g. create the run folder) and hand its result to every rank."""
         return ddp.on_main(fn)
 
-    def _on_device(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A split's tensors on the device, copied once per run (not once per epoch)."""
-        if split not in self._device_splits:
-            x, y = _to_device(getattr(self.data, split), self.device)
-            self._device_splits[split] = (self.accel.input(x), y)
-        return self._device_splits[split]
+    def _feed(self, split: str) -> SplitFeed:
+        """A split's batches on the device; a device-placed split is copied there once per run (not once per epoch)."""
+        if split not in self._feeds:
+            where, workers = self.placement[split].where, self.recipe.train.data_workers
+            self._feeds[split] = SplitFeed(getattr(self.data, split), self.device, where, workers=workers, prepare=self.accel.input)
+        return self._feeds[split]
 
     def close(self) -> None:
         ddp.destroy_process_group()
@@ -161,19 +169,18 @@ class Trainer:
             start_epoch, best, history, stale = ckpt["epoch"], ckpt["best"], ckpt["history"], ckpt["stale_epochs"]
         if env.is_main:
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))  # on resume: the new epochs/device
-
-        x_train, y_train = self._on_device("train")
+            self.log(describe(self.placement, device))  # where the data lives, and why (train.data_placement)
+        train = self._feed("train")
         writer = BackgroundWriter()
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
             train_model.train()
-            order = ddp.shard(torch.randperm(len(y_train), generator=shuffle), env).to(device)
+            order = ddp.shard(torch.randperm(train.n, generator=shuffle), env)
             # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
-            for i in range(0, len(order), self.batch_size):
-                idx = order[i : i + self.batch_size]
-                x, y = accel.input(augment_batch(x_train[idx], data.augment)), y_train[idx]
+            for x, y in train.batches(self.batch_size, order):  # from the device, or copied over from host memory
+                x = accel.input(augment_batch(x, data.augment))
                 with accel.autocast():
                     logits = train_model(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -185,14 +192,14 @@ class Trainer:
                 scaler.step(optimizer)  # skipped when fp16 gradients overflowed
                 scaler.update()
                 scheduler.step()
-                loss_sum.add_(loss.detach(), alpha=len(idx))
+                loss_sum.add_(loss.detach(), alpha=len(y))
                 correct.add_((logits.argmax(1) == y).sum())
             # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
             totals = ddp.all_sum(torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)]))
             train_loss, train_correct, seen = totals.tolist()
             row = None
             if env.is_main:  # one evaluation, on rank 0's weights, shared so every rank takes the same decisions
-                val = evaluate(model, data, "validation", device, accel=accel, tensors=self._on_device("validation"))
+                val = evaluate(model, data, "validation", device, accel=accel, feed=self._feed("validation"))
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": train_loss / seen,
@@ -244,7 +251,7 @@ class Trainer:
         writer.wait()  # the last checkpoint is on disk
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
         self.model.load_state_dict(best_state["model"])
-        test = evaluate(self.model, data, "test", device, accel=self.accel, tensors=self._on_device("test"))
+        test = evaluate(self.model, data, "test", device, accel=self.accel, feed=self._feed("test"))
         best_row = max(history, key=lambda r: _score(r, cfg.best_metric))
         metrics = {
             "best_epoch": best_row["epoch"],
@@ -259,6 +266,8 @@ class Trainer:
             "device": str(device),
             # what this (last) session actually used, after resolving auto settings
             **self.accel.describe(),
+            "data_placement": {split: p.where for split, p in self.placement.items()},
+            "data_placement_note": describe(self.placement, device),
             "world_size": self.dist.world_size,
             "batch_size_per_process": self.batch_size,
             "epochs": len(history),
@@ -283,21 +292,22 @@ def evaluate(
     device: torch.device,
     batch_size: int = 512,
     accel: Accel | None = None,
-    tensors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    feed: SplitFeed | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix on one split (`tensors`: already on device)."""
+    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix on one split (`feed`: its batches, wherever
+    it lives; by default the split is copied to the device)."""
     model.eval()
-    x, y = tensors if tensors is not None else _to_device(getattr(data, split), device)
+    feed = feed if feed is not None else SplitFeed(getattr(data, split), device, "device")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     predictions = []
-    for i in range(0, len(y), batch_size):
-        xb = accel.input(x[i : i + batch_size]) if accel else x[i : i + batch_size]
+    for x, y in feed.batches(batch_size):
+        xb = accel.input(x) if accel else x
         with accel.autocast() if accel else contextlib.nullcontext():
             logits = model(xb).float()
-        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
         predictions.append(logits.argmax(1))
     y_pred = torch.cat(predictions).cpu().numpy()
-    return {"loss": loss_sum.item() / len(y), **classification_metrics(getattr(data, split).y, y_pred, data.num_classes)}
+    return {"loss": loss_sum.item() / feed.n, **classification_metrics(getattr(data, split).y, y_pred, data.num_classes)}
 
 
 def augment_batch(x: torch.Tensor, cfg: Any) -> torch.Tensor:
@@ -346,8 +356,8 @@ def _restore_rng(saved: dict[str, Any], env: ddp.DistEnv, device: torch.device, 
         torch.manual_seed(seed + env.rank)
 
 
-def _to_device(split: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(split.x).to(device), torch.from_numpy(split.y).to(device)
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
