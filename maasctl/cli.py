@@ -88,6 +88,7 @@ def train(
     from maasctl.train.trainer import Trainer
 
     trainer = Trainer(resolved)  # data, model and optimizer first: a bad recipe fails before a folder exists
+    trainer.log = _log
     try:
         if not resume:  # under torchrun rank 0 creates the folder and every rank gets its path
             run_dir = trainer.on_main(lambda: create_run_dir(runs_root, name or resolved.name))
