@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import free_port, start_server, stop_server
+from maasctl.errors import UsageError
 from maasctl.predict.command import main as predict_main
 
 N = 6  # held-out digits used throughout
@@ -420,6 +421,98 @@ def test_progress_bar_only_when_stderr_is_a_terminal(model_repo, digits, tmp_pat
     assert b"120/120" in terminal and len(json.loads(out)["predictions"]) == 120
     piped = cli("digits", str(tmp_path), "--repo", str(model_repo), "--json")
     assert "120/120" not in piped.stderr and piped.stderr.count("\n") == 1  # a log gets the summary line only
+
+
+# --- speed-ups that must not show: no needless convert, batches run while the next inputs are read ------
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_images_of_every_mode_load_as_with_a_plain_convert(tmp_path, mode):
+    """load_image skips convert() when an image already has the model's mode: the pixels are what it gave."""
+    from maasctl.preprocess import load_image
+
+    rng = np.random.default_rng(0)
+    images = {
+        "gray.png": Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)),
+        "rgb.png": Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (13, 9, 4), dtype=np.uint8)),
+        "photo.jpg": Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)),
+        "palette.gif": Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert("P"),
+        "bits.bmp": Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).convert("1"),
+        "scan.tiff": Image.fromarray(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)),
+    }
+    spec = {"mode": mode, "width": 8, "height": 8}
+    for name, img in images.items():
+        path = tmp_path / name
+        img.save(path)
+        with Image.open(path) as ref:  # what load_image did before
+            want = np.asarray(ref.convert(mode).resize((8, 8), Image.Resampling.BILINEAR), dtype=np.uint8)
+        got = load_image(path, spec)
+        assert got.dtype == np.uint8 and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+class _SlowTarget:
+    """A local stand-in whose batches take a while (so inputs are read ahead meanwhile) and can fail."""
+
+    def __init__(self, manifest: dict, fail: dict[int, Exception]) -> None:
+        self.manifest, self.fail, self.calls, self.reads_during = manifest, fail, 0, []
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        import time
+
+        from maasctl.predict import engine
+
+        self.calls += 1
+        if self.calls in self.fail:
+            raise self.fail[self.calls]
+        before = engine.load_source.reads
+        time.sleep(0.05)
+        self.reads_during.append(engine.load_source.reads - before)
+        return batch.reshape(len(batch), -1)[:, :10] * 0 + np.arange(10, dtype=np.float32)
+
+
+@pytest.mark.parametrize("fail_fast", [False, True])
+@pytest.mark.parametrize("fail", ["none", "batch", "fatal"])
+def test_reading_ahead_while_a_batch_runs_changes_nothing_but_the_timing(kinds, model_repo, tmp_path, monkeypatch, fail, fail_fast):
+    """Problems, progress, --fail-fast and a fatal error happen in input order, as with no read-ahead."""
+    from maasctl.errors import Unavailable
+    from maasctl.predict import engine
+    from maasctl.predict.inputs import expand_inputs
+
+    root, _, _ = kinds
+    images = sorted(str(p) for p in (root / "images").rglob("*.png"))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    bad = str(tmp_path / "bad.png")
+    inputs = images[:3] + [bad, str(root / "batch.npy"), str(tmp_path / "missing.png")] + images[3:] + [bad] + images * 2
+    manifest = json.loads((model_repo / "digits" / "1" / "model.json").read_text())
+    failures = {"none": {}, "batch": {3: UsageError("refused")}, "fatal": {4: Unavailable("gone")}}[fail]
+
+    real_load_source = engine.load_source
+
+    def counting_load_source(*args):
+        counting_load_source.reads += 1
+        return real_load_source(*args)
+
+    counting_load_source.reads = 0
+    monkeypatch.setattr(engine, "load_source", counting_load_source)
+
+    def outcome(read_ahead: bool) -> tuple:
+        monkeypatch.setattr(engine, "_usable_cpus", lambda: 2 if read_ahead else 1)  # one CPU: no read-ahead
+        events: list = []
+        target = _SlowTarget(manifest, failures)
+        out = engine.run_predictions(
+            target, expand_inputs(inputs), batch_size=4, top_k=2, fail_fast=fail_fast,
+            on_problem=lambda p: events.append(("problem", p.input, p.message)), on_source=lambda: events.append("source"),
+        )
+        return [(p.input, p.label, p.top_k) for p in out.predictions], out.problems, out.fatal, out.stopped, events, target
+
+    *ahead, target = outcome(read_ahead=True)
+    *plain, sequential = outcome(read_ahead=False)
+    assert ahead == plain
+    assert not any(sequential.reads_during)
+    if fail == "none" and not fail_fast:
+        assert len(ahead[0]) == 3 + N + 3 + 2 * N and any(target.reads_during)  # it did read ahead
 
 
 # --- CSV rows (tabular models) and texts (text models) ------------------------------------------------------

@@ -168,20 +168,26 @@ def _walk(top: str, excluded: set[str]) -> list[Source]:
     for folder, dirs, files in os.walk(top):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
-            path = os.path.join(folder, f)
-            if _selectable(path, excluded):
-                found.append(Source(path, kind_of(path)))
+            kind = _selected_kind(f)  # from the name alone: one suffix look-up per file
+            if kind is not None:
+                path = os.path.join(folder, f)
+                if not (excluded and os.path.abspath(path) in excluded):
+                    found.append(Source(path, kind))
     return found
 
 
 def _selectable(path: str, excluded: set[str]) -> bool:
-    name = os.path.basename(path)
+    return _selected_kind(os.path.basename(path)) is not None and not (excluded and os.path.abspath(path) in excluded)
+
+
+def _selected_kind(name: str) -> str | None:
+    """The kind of a file a folder or pattern takes (an image or tensor suffix, not hidden), else None."""
+    if name.startswith("."):
+        return None
     suffix = os.path.splitext(name)[1].lower()
-    return (
-        not name.startswith(".")
-        and (suffix in IMAGE_SUFFIXES or suffix in TENSOR_SUFFIXES)
-        and not (excluded and os.path.abspath(path) in excluded)
-    )
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    return suffix[1:] if suffix in TENSOR_SUFFIXES else None
 
 
 def _from_stdin(stdin: BinaryIO | None, excluded: set[str]) -> list[Source | Problem]:
