@@ -11,10 +11,7 @@ import http.client
 import io
 import json
 import shutil
-import socket
 import struct
-import threading
-import time
 import uuid
 import zlib
 from pathlib import Path
@@ -22,16 +19,15 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-import uvicorn
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from conftest import file_onnx_model
+from test_serve_batching import serving
 from maasctl.predict import LocalTarget, predict
 from maasctl.preprocess import TextEncoder, normalize_features, tabular_spec, text_spec
 from maasctl.repository import ModelRepository
 from maasctl.serve.dataplane import DataPlane
-from maasctl.serve.rest import create_app
 
 MAX_BODY = 64 * 1024
 TOKEN = "predict-token"
@@ -84,23 +80,8 @@ def port(repo) -> Iterator[int]:
     dataplane = DataPlane(ModelRepository(repo), "cpu")
     dataplane.load_all()
     assert dataplane.ready, dataplane.failures
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(dataplane, MAX_BODY, token=TOKEN), log_level="warning", lifespan="off", ws="none")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serving(dataplane, max_body_bytes=MAX_BODY, token=TOKEN) as base:  # real uvicorn on a loopback port, in a thread
+        yield int(base.rsplit(":", 1)[1])
 
 
 def post(port: int, path: str, body: bytes, content_type: str | None, headers: dict | None = None) -> tuple[int, dict]:

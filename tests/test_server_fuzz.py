@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import string
-import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import file_onnx_model
+from test_serve_batching import serving
 from maasctl.repository import ModelRepository
 from maasctl.serve.dataplane import DataPlane
-from maasctl.serve.rest import create_app
 
 MAX_BODY = 1024
 W = (np.arange(12, dtype=np.float32).reshape(4, 3) / 7 - 0.5).astype(np.float32)
@@ -71,23 +67,8 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     dataplane.load_all()
     assert dataplane.ready, dataplane.failures
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(dataplane, MAX_BODY), log_level="warning", lifespan="off", ws="none")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serving(dataplane, max_body_bytes=MAX_BODY) as base:  # real uvicorn on a loopback port, in a thread
+        yield int(base.rsplit(":", 1)[1])
 
 
 def send(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
