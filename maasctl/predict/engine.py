@@ -99,7 +99,7 @@ def run_predictions(
             problem(outcome.fatal)
             outcome.stopped = True
             return False
-        outcome.predictions += _predictions(batch, logits, labels, top_k)
+        outcome.predictions += label_batch(batch, logits, labels, top_k)
         return True
 
     for position, item in enumerate(items):
@@ -198,7 +198,8 @@ def model_labels(manifest: dict[str, Any]) -> list[str]:
     return [str(label) for label in manifest.get("labels") or []]
 
 
-def _predictions(batch: list[Sample], logits: np.ndarray, labels: list[str], top_k: int) -> list[Prediction]:
+def label_batch(batch: list[Sample], logits: np.ndarray, labels: list[str], top_k: int) -> list[Prediction]:
+    """Each sample's prediction from its row of `logits`: the label, its probability and the top k (softmax)."""
     probs = softmax(np.asarray(logits, dtype=np.float64))
     k = min(top_k, probs.shape[-1])
     order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]

@@ -64,7 +64,7 @@ class RemoteTarget:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._conn: Any = None
         name, _, version = spec.partition(":")
-        if version and not version.isdigit():
+        if version and not version.isdecimal():
             raise UsageError(f"model {spec!r}: the version after ':' must be a number, e.g. {name}:1")
         self._model_path = f"{parts.path.rstrip('/')}/v2/models/{quote(name, safe='')}" + (f"/versions/{version}" if version else "")
         self.manifest = self._fetch_manifest()

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from maasctl.errors import MaasctlError, UsageError
-from maasctl.predict.engine import _predictions, model_labels
+from maasctl.predict.engine import label_batch, model_labels
 from maasctl.predict.inputs import ModelInput, Problem, Sample, Source, kind_of, load_source, recipe_data, stack_samples
 from maasctl.protocol.errors import InvalidInput
 from maasctl.runtime import LoadedModel
@@ -248,7 +248,7 @@ async def predict(dataplane: DataPlane, model: LoadedModel, sources: list[Source
         logits = outputs[output] if output in outputs else next(iter(outputs.values()))
         if logits.ndim != 2 or len(logits) != len(batch):
             raise InvalidInput(f"model {model.name!r} does not give class scores (its output has shape {list(logits.shape)} for {len(batch)} inputs); use /infer")
-        predictions += [p.to_json() for p in _predictions(batch, logits, labels, top_k)]
+        predictions += [p.to_json() for p in label_batch(batch, logits, labels, top_k)]
     return {"model_name": model.name, "model_version": version, "predictions": predictions}
 
 
