@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from conftest import file_onnx_model
-from test_serve_batching import serving
+from test_serve_batching import metric, scrape, serving
 from maasctl.predict import LocalTarget, predict
 from maasctl.preprocess import TextEncoder, normalize_features, tabular_spec, text_spec
 from maasctl.repository import ModelRepository
@@ -315,3 +315,15 @@ def test_overloaded_is_503_before_any_work(repo):
     with pytest.raises(NotReady, match="overloaded") as caught:
         asyncio.run(upload.predict(dataplane, model, sources, 1))
     assert caught.value.status == 503
+
+
+def test_one_request_counts_once_in_the_metrics_and_bad_input_counts_as_failure(port):
+    base, rows = f"http://127.0.0.1:{port}", "".join(f"{i},{i + 1}\n" for i in range(300))
+    before = scrape(base, AUTH)
+    assert post(port, "/v2/models/rows/predict", b"a,b\n" + rows.encode(), "text/csv")[0] == 200
+    assert post(port, "/v2/models/rows/predict", b"a,c\n1,2\n", "text/csv")[0] == 400  # no column b
+    after = scrape(base, AUTH)
+    delta = lambda name, **labels: metric(after, name, model="rows", **labels) - metric(before, name, model="rows", **labels)  # noqa: E731
+    assert delta("nv_inference_request_success_total") == 1
+    assert delta("nv_inference_request_failure_total", reason="OTHER") == 1
+    assert delta("nv_inference_count_total") == 300

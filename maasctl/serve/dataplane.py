@@ -84,23 +84,20 @@ class DataPlane:
     async def infer(self, name: str, version: str | None, body: bytes, header_length: str | None) -> tuple[bytes, dict[str, str]]:
         served = self.served.get(name, version)
         model = served.model
-        with self._counted(model):
+        with self.counted(model):
             served.batcher.raise_if_full()
             request = decode_request(body, header_length, served.signature)
             outputs = await served.batcher.infer(request.inputs, request.outputs)
             response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
             return encode_response(response)
 
-    async def infer_tensors(
-        self, name: str, version: str | None, inputs: dict[str, np.ndarray]
-    ) -> tuple[LoadedModel, dict[str, np.ndarray]]:
-        """Inference on arrays already decoded (the file-upload endpoint): same batching and metrics as infer."""
-        served = self.served.get(name, version)
-        with self._counted(served.model):
-            return served.model, await served.batcher.infer(inputs)
+    async def infer_tensors(self, name: str, version: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inference on arrays already decoded (the file-upload endpoint), through the same batcher as infer. Not
+        counted in the metrics: the caller counts its whole request with `counted`."""
+        return await self.served.get(name, version).batcher.infer(inputs)
 
     @contextlib.contextmanager
-    def _counted(self, model: LoadedModel) -> Iterator[None]:
+    def counted(self, model: LoadedModel) -> Iterator[None]:
         """Count one request to `model` as a success (with its latency) or a failure by reason."""
         labels = (model.name, str(model.version))
         start = time.perf_counter()

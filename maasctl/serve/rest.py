@@ -79,13 +79,14 @@ def create_app(
         """Files in (multipart, or a raw body of one kind), labels out: see upload.py."""
         p = request.path_params
         model = dataplane.model(p["name"], p.get("version"))  # 404 before any body is read
-        top_k = upload.parse_top_k(request.query_params.getlist("top_k"))
-        content_type = request.headers.get("content-type")
-        if upload.media_type(content_type) == "multipart/form-data":
-            sources = upload.form_sources(await _form_parts(request, max_body_bytes), model.manifest)
-        else:
-            sources = upload.body_sources(content_type, await _read_body(request, max_body_bytes), model.manifest)
-        return json_response(await upload.predict(dataplane, model, sources, top_k))
+        with dataplane.counted(model):  # one request in the metrics, however many batches its files make
+            top_k = upload.parse_top_k(request.query_params.getlist("top_k"))
+            content_type = request.headers.get("content-type")
+            if upload.media_type(content_type) == "multipart/form-data":
+                sources = upload.form_sources(await _form_parts(request, max_body_bytes), model.manifest)
+            else:
+                sources = upload.body_sources(content_type, await _read_body(request, max_body_bytes), model.manifest)
+            return json_response(await upload.predict(dataplane, model, sources, top_k))
 
     async def repository_index(request: Request) -> Response:
         options = await _json_options(request, max_body_bytes)

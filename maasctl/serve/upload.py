@@ -244,7 +244,7 @@ async def predict(dataplane: DataPlane, model: LoadedModel, sources: list[Source
     version = str(model.version)  # this version, even if a newer one is loaded meanwhile: its labels are these
     predictions = []
     for batch, x in work:
-        _, outputs = await dataplane.infer_tensors(model.name, version, {spec.name: x})
+        outputs = await dataplane.infer_tensors(model.name, version, {spec.name: x})
         logits = outputs[output] if output in outputs else next(iter(outputs.values()))
         if logits.ndim != 2 or len(logits) != len(batch):
             raise InvalidInput(f"model {model.name!r} does not give class scores (its output has shape {list(logits.shape)} for {len(batch)} inputs); use /infer")
