@@ -84,14 +84,15 @@ class ServedModels:
         self.failed: dict[tuple[str, int], _Failure] = {}
         self.unloaded: set[str] = set()  # unloaded by request: polling leaves them alone until loaded again
         self.expected: set[str] = set()  # names readiness waits for: those at start-up and those loaded since
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()  # one management operation at a time (binds to the loop on first use)
 
     # --- lookups (event loop) ------------------------------------------------------------------------------------
 
     def get(self, name: str, version: str | None = None) -> ServedVersion:
         versions = self.served.get(name)
         if not versions:
-            raise NotFound(f"unknown model {name!r}{self._why_not_served(name)}")
+            why = self._why_not_served(name)
+            raise NotFound(f"unknown model {name!r}" + (f": {why}" if why else ""))
         if version is None:
             return versions[max(versions)]
         served = versions.get(int(version)) if version.isdecimal() else None
@@ -104,7 +105,7 @@ class ServedModels:
         """Why `name` has nothing to serve, when it was meant to."""
         if name in self.served or name not in self.expected:
             return None
-        return self._why_not_served(name).removeprefix(": ") or "not loaded"
+        return self._why_not_served(name) or "not loaded"
 
     @property
     def ready(self) -> bool:
@@ -143,7 +144,7 @@ class ServedModels:
     async def load(self, name: str) -> list[int]:
         """Load or reload `name` per the version policy; the versions served afterwards. Raises LoadFailed when a
         version selected by the policy could not be loaded (what was serving before stays)."""
-        async with self._management():
+        async with self._lock:
             if not self.repo.versions(name):
                 raise NotFound(f"no model {name!r} in {self.repo.root} (models there: {', '.join(self.repo.names()) or 'none'})")
             self.unloaded.discard(name)
@@ -160,7 +161,7 @@ class ServedModels:
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of `name`; requests already queued finish first."""
-        async with self._management():
+        async with self._lock:
             if name not in self.served and not self.repo.versions(name):
                 raise NotFound(f"unknown model {name!r}")
             self.unloaded.add(name)
@@ -169,7 +170,7 @@ class ServedModels:
 
     async def poll(self) -> None:
         """Bring the served set in line with the repository: new versions and models in, removed ones out."""
-        async with self._management():
+        async with self._lock:
             on_disk = set(self.repo.names())
             for name in sorted(set(self.served) - on_disk):
                 log.info("model %s is gone from the repository: unloading it", name)
@@ -256,14 +257,10 @@ class ServedModels:
 
     def _why_not_served(self, name: str) -> str:
         if name in self.unloaded:
-            return ": it was unloaded (POST /v2/repository/models/{name}/load serves it again)".replace("{name}", name)
+            return f"it was unloaded (POST /v2/repository/models/{name}/load serves it again)"
         reasons = [f.reason for (n, _), f in sorted(self.failed.items()) if n == name]
-        return f": it failed to load ({reasons[-1]})" if reasons else ""
+        return f"it failed to load ({reasons[-1]})" if reasons else ""
 
-    def _management(self) -> asyncio.Lock:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
 
 
 @dataclass
