@@ -93,7 +93,7 @@ def main() -> None:
 
     maasctl = shutil.which("maasctl", path=os.path.dirname(sys.executable)) or shutil.which("maasctl")
     if maasctl is None:
-        sys.exit("maasctl is not installed in this environment: pip install -e .")
+        sys.exit("maasctl is not installed in this environment: pip install -e '.[train]'")
     n = args.images
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:

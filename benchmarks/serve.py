@@ -188,7 +188,7 @@ def main() -> None:
 
     maasctl = shutil.which("maasctl", path=os.path.dirname(sys.executable)) or shutil.which("maasctl")
     if maasctl is None:
-        sys.exit("maasctl is not installed in this environment: pip install -e .")
+        sys.exit("maasctl is not installed in this environment: pip install -e '.[train]'")
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         tmp = Path(tmp)

@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     maasctl = shutil.which("maasctl", path=os.path.dirname(sys.executable)) or shutil.which("maasctl")
     if maasctl is None:
-        sys.exit("maasctl is not installed in this environment: pip install -e .")
+        sys.exit("maasctl is not installed in this environment: pip install -e '.[train]'")
 
     with tempfile.TemporaryDirectory(prefix="serve-heavy-") as tmp:
         tmp = Path(tmp)

@@ -11,8 +11,9 @@ from typing import Any, List, Optional
 
 import typer
 
-from maasctl.errors import MaasctlError
+from maasctl.errors import EXIT_UNAVAILABLE, MaasctlError
 
+TRAIN_EXTRA = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}  # pyproject's `train` extra
 EXIT_CODES = "Exit codes: 0 success, 1 a check failed, 2 usage or input error, 3 model or server unavailable."
 
 app = typer.Typer(
@@ -348,6 +349,17 @@ def main() -> None:
         if os.environ.get("RANK", "0") == "0":
             _stderr().print(f"error: {exc}", markup=False, style="red")
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        # A serving box installs the core only (no torch): say what to install, not a traceback.
+        _stderr().print(
+            f"error: this command needs {exc.name}, from maasctl's training extra (torch, torchvision, onnx, "
+            "matplotlib), which this installation lacks: pip install 'maasctl[train]' (from a clone: pip install -e '.[train]'). "
+            "serve, predict, evaluate and doctor work without it.",
+            markup=False, style="red",
+        )
+        sys.exit(EXIT_UNAVAILABLE)
     except BrokenPipeError:  # `maasctl ... | head` closed the pipe: not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
