@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -219,3 +220,27 @@ def test_serve_command_polls_with_policy_all(repo):
         code, log = stop_server(server)
     assert code == 0, log
     assert "model adder version 2 ready" in log
+
+
+def test_a_new_version_takes_over_under_load_without_a_failed_request(repo):
+    file_adder(repo, 1)
+    with serving(dataplane(repo)) as base, ThreadPoolExecutor(4) as pool:
+        stop, answers = threading.Event(), []
+
+        def client_loop() -> None:
+            while not stop.is_set():
+                status, _, reply = infer(base, "adder", {"x": X})
+                answers.append(int(round(float((reply["arrays"]["y"] - X)[0, 0]))) if status == 200 else status)
+
+        loops = [pool.submit(client_loop) for _ in range(3)]
+        wait_until(lambda: len(answers) > 20, "traffic on version 1")
+        file_adder(repo, 2)
+        assert http("POST", f"{base}/v2/repository/models/adder/load")[0] == 200
+        seen = len(answers)
+        wait_until(lambda: len(answers) > seen + 20, "traffic after the load")
+        stop.set()
+        for f in loops:
+            f.result(30)
+    assert set(answers) <= {1, 2}, sorted(set(answers))  # every request answered 200, by one version or the other
+    assert answers[-1] == 2 and answers.index(2) > 0
+    assert 1 not in answers[answers.index(2) + 10 :]  # once switched, it stays switched (a few in flight aside)
