@@ -244,3 +244,23 @@ def test_a_new_version_takes_over_under_load_without_a_failed_request(repo):
     assert set(answers) <= {1, 2}, sorted(set(answers))  # every request answered 200, by one version or the other
     assert answers[-1] == 2 and answers.index(2) > 0
     assert 1 not in answers[answers.index(2) + 10 :]  # once switched, it stays switched (a few in flight aside)
+
+
+def test_a_model_that_loads_but_cannot_run_is_reported_not_fatal(repo):
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(  # valid ONNX, but no input of 2 values per row reshapes to 3 values
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        initializer=[numpy_helper.from_array(np.array([3], dtype=np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    file_onnx_model(repo, "bad", model, inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+                    outputs=[{"name": "y", "datatype": "FP32", "shape": [3]}])
+    file_adder(repo, 1)
+    plane = dataplane(repo)  # the good model loads; the bad one is reported
+    assert list(plane.models) == ["adder"]
+    assert "warm-up inference failed" in plane.failures["bad"]
+    assert not plane.ready

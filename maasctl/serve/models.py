@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from maasctl.errors import MaasctlError, UsageError
+from maasctl.errors import MaasctlError, Unavailable, UsageError
 from maasctl.protocol.errors import InvalidInput, NotFound
 from maasctl.protocol.v2 import DATATYPES, TensorSignature
 from maasctl.repository import ModelRepository
@@ -218,7 +218,10 @@ class ServedModels:
         # No spinning: idle onnxruntime threads would busy-wait on the cores the event loop needs
         # (measured on 2 cores: ~650 µs of CPU per request at 16 connections, half the throughput).
         model = load_model(self.repo.get(name, version), self.device, allow_spinning=False)
-        _warm_up(model)
+        try:
+            _warm_up(model)
+        except Exception as exc:  # onnxruntime's own error types: a model that loads but cannot run
+            raise Unavailable(f"{model.name} version {version}: the warm-up inference failed: {str(exc).strip().splitlines()[0]}") from None
         return ServedVersion(model, TensorSignature(model.inputs, model.outputs), ModelBatcher(model, self.batching, self.metrics))
 
     def _apply(self, name: str, plan: "_Plan") -> list[ServedVersion]:
