@@ -69,17 +69,23 @@ class TensorSignature:
         self.outputs = [t.name for t in outputs]
 
 
+def json_object(body: bytes, expected: str = "a JSON object") -> dict[str, Any]:
+    """A request body that must be a JSON object; 400 saying what was expected otherwise."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"request body must be {expected}")
+    return doc
+
+
 def decode_request(body: bytes, header_length: str | None, signature: TensorSignature) -> InferRequest:
     json_part, binary = _split_body(body, header_length)
     if json_part is None:
         # Raw binary request (header length 0): the whole body is the single input's tensor.
         return _decode_raw(binary, signature)
-    try:
-        doc = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("request body must be a JSON object with an 'inputs' list")
+    doc = json_object(json_part, "a JSON object with an 'inputs' list")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list of tensors")

@@ -115,9 +115,9 @@ class ServedModels:
         """Every version on disk or in memory, with its state: `POST /v2/repository/index`."""
         rows = []
         for name in sorted(set(self.repo.names()) | set(self.served)):
-            served = self.served.get(name, {})
-            wanted = set(self.policy.select(self.repo.versions(name)))
-            for version in sorted(set(self.repo.versions(name)) | set(served)):
+            served, on_disk = self.served.get(name, {}), self.repo.versions(name)
+            wanted = set(self.policy.select(on_disk))
+            for version in sorted(set(on_disk) | set(served)):
                 if version in served:
                     state, reason = READY, ""
                 elif (name, version) in self.failed:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from maasctl.protocol.errors import InferenceError, InvalidInput, PayloadTooLarge
+from maasctl.protocol.v2 import json_object
 from maasctl.serve import upload
 from maasctl.serve.access_log import AccessLog
 from maasctl.serve.auth import BearerAuth
@@ -184,15 +185,7 @@ async def _poll(dataplane: DataPlane, every: float) -> None:
 async def _json_options(request: Request, limit: int) -> dict:
     """The optional JSON object body of a repository request; empty when there is none."""
     body = await _read_body(request, limit)
-    if not body.strip():
-        return {}
-    try:
-        options = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(options, dict):
-        raise InvalidInput("request body must be a JSON object")
-    return options
+    return json_object(body) if body.strip() else {}
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
