@@ -41,15 +41,20 @@ def starlette_app(onnx_path: str):
         body = orjson.loads(await request.body())
         feeds = {i["name"]: np.asarray(i["data"], dtype=np.float32).reshape(i["shape"]) for i in body["inputs"]}
         results = session.run(output_names, feeds)  # one call per request, on the event loop
-        outputs = [{"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()}
-                   for n, r in zip(output_names, results)]
-        return Response(orjson.dumps({"model_name": request.path_params["name"], "outputs": outputs}),
-                        media_type="application/json")
+        outputs = [
+            {"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()}
+            for n, r in zip(output_names, results)
+        ]
+        return Response(
+            orjson.dumps({"model_name": request.path_params["name"], "outputs": outputs}), media_type="application/json"
+        )
 
     async def ready(request: Request) -> Response:
         return Response(b'{"ready": true}', media_type="application/json")
 
-    return Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)])
+    return Starlette(
+        routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)]
+    )
 
 
 def fastapi_app(onnx_path: str):
@@ -73,9 +78,13 @@ def fastapi_app(onnx_path: str):
     async def infer(name: str, request: InferRequest) -> dict:
         feeds = {t.name: np.asarray(t.data, dtype=np.float32).reshape(t.shape) for t in request.inputs}
         results = session.run(output_names, feeds)  # one call per request, on the event loop (async def: no thread hop)
-        return {"model_name": name, "outputs": [
-            {"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()} for n, r in zip(output_names, results)
-        ]}
+        return {
+            "model_name": name,
+            "outputs": [
+                {"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()}
+                for n, r in zip(output_names, results)
+            ],
+        }
 
     @app.get("/v2/health/ready")
     async def ready() -> dict:
@@ -86,5 +95,11 @@ def fastapi_app(onnx_path: str):
 
 if __name__ == "__main__":
     make = {"starlette": starlette_app, "fastapi": fastapi_app}[sys.argv[3] if len(sys.argv) > 3 else "starlette"]
-    uvicorn.run(make(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
-                access_log=False, server_header=False)
+    uvicorn.run(
+        make(sys.argv[1]),
+        host="127.0.0.1",
+        port=int(sys.argv[2]),
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )

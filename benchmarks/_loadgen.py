@@ -52,12 +52,24 @@ async def _connection(spec: dict, request: bytes, state: dict, latencies: list[f
 
 async def run(spec: dict) -> dict:
     body = base64.b64decode(spec["body_b64"])
-    headers = {"Host": f"{spec['host']}:{spec['port']}", "Content-Type": "application/json",
-               "Content-Length": str(len(body)), **spec.get("headers", {})}
-    request = (f"POST {spec['path']} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode() + body
+    headers = {
+        "Host": f"{spec['host']}:{spec['port']}",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **spec.get("headers", {}),
+    }
+    request = (
+        f"POST {spec['path']} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    ).encode() + body
     t0 = time.perf_counter()
-    state = {"sent": 0, "errors": 0, "bytes_in": 0, "max_requests": spec["max_requests"],
-             "count_from": t0 + spec.get("warmup_s", 0.0), "stop_at": t0 + spec.get("warmup_s", 0.0) + spec["duration_s"]}
+    state = {
+        "sent": 0,
+        "errors": 0,
+        "bytes_in": 0,
+        "max_requests": spec["max_requests"],
+        "count_from": t0 + spec.get("warmup_s", 0.0),
+        "stop_at": t0 + spec.get("warmup_s", 0.0) + spec["duration_s"],
+    }
     latencies: list[float] = []
     tasks = [asyncio.create_task(_connection(spec, request, state, latencies)) for _ in range(spec["concurrency"])]
     # Hard bound: the duration plus a grace period for the last responses.
@@ -71,9 +83,18 @@ async def run(spec: dict) -> dict:
     def pct(q: float) -> float | None:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
 
-    return {"ok": len(latencies), "errors": state["errors"], "first_error": state.get("first_error"),
-            "connection_failures": failures[:3], "elapsed_s": elapsed, "rps": len(latencies) / elapsed,
-            "p50_s": pct(0.5), "p90_s": pct(0.9), "p99_s": pct(0.99), "mean_s": sum(latencies) / len(latencies) if latencies else None}
+    return {
+        "ok": len(latencies),
+        "errors": state["errors"],
+        "first_error": state.get("first_error"),
+        "connection_failures": failures[:3],
+        "elapsed_s": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_s": pct(0.5),
+        "p90_s": pct(0.9),
+        "p99_s": pct(0.99),
+        "mean_s": sum(latencies) / len(latencies) if latencies else None,
+    }
 
 
 def main() -> None:

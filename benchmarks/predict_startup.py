@@ -72,13 +72,18 @@ HAND = ("by hand", "by hand, no spinning")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, help="model repository (default: make one with maasctl quickstart --epochs 2)")
+    parser.add_argument(
+        "--repo", type=Path, help="model repository (default: make one with maasctl quickstart --epochs 2)"
+    )
     parser.add_argument("--model", default="digits-cnn", help="model name in --repo")
     parser.add_argument("--repeats", type=int, default=15, help="rounds; each runs every command once (default 15)")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--no-bytecode-cache", action="store_true",
-                        help="keep PYTHONDONTWRITEBYTECODE if set: maasctl's modules are then compiled on every run")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE if set: maasctl's modules are then compiled on every run",
+    )
     args = parser.parse_args()
     # Measure maasctl as it runs once installed. pip compiled numpy's and onnxruntime's bytecode at install time;
     # maasctl's (an editable install) is cached by Python on first run, unless PYTHONDONTWRITEBYTECODE is set (as
@@ -89,7 +94,9 @@ def main() -> None:
             bytecode_note = "PYTHONDONTWRITEBYTECODE set: maasctl compiled from source on every run"
         else:
             del os.environ["PYTHONDONTWRITEBYTECODE"]
-            bytecode_note = "bytecode cache on (PYTHONDONTWRITEBYTECODE unset for the children; --no-bytecode-cache keeps it)"
+            bytecode_note = (
+                "bytecode cache on (PYTHONDONTWRITEBYTECODE unset for the children; --no-bytecode-cache keeps it)"
+            )
 
     maasctl = shutil.which("maasctl", path=os.path.dirname(sys.executable)) or shutil.which("maasctl")
     if maasctl is None:
@@ -122,14 +129,21 @@ def main() -> None:
 
     t = {k: statistics.median(v) for k, v in wall.items()}
     floor_t = t["floor"]
-    print(f"\nmedians of {args.repeats} rounds, {platform_line()}, load average {_load(load_before)} before, {_load(os.getloadavg())} after; {bytecode_note}")
+    print(
+        f"\nmedians of {args.repeats} rounds, {platform_line()}, load average {_load(load_before)} before, {_load(os.getloadavg())} after; {bytecode_note}"
+    )
     print(f"  {'':<38} {'wall':>8}    {'CPU':>8}")
     for name, value in t.items():
         print(f"  {name:<38} {value * 1000:8.0f} ms {statistics.median(cpu[name]) * 1000:8.0f} ms")
     print("\nstart-up (single image, vs bare onnxruntime import + session + one run; target <= 1.5x)")
-    for name, label in (("maasctl predict, 1 image", "maasctl predict"), ("python -m maasctl.predict, 1 image", "python -m maasctl.predict")):
+    for name, label in (
+        ("maasctl predict, 1 image", "maasctl predict"),
+        ("python -m maasctl.predict, 1 image", "python -m maasctl.predict"),
+    ):
         per_round = [a / b for a, b in zip(wall[name], wall["floor"])]
-        print(f"  {label:<27} {t[name] / floor_t:5.2f}x   ({t[name] * 1000:.0f} ms vs {floor_t * 1000:.0f} ms; per round {_spread(per_round)})")
+        print(
+            f"  {label:<27} {t[name] / floor_t:5.2f}x   ({t[name] * 1000:.0f} ms vs {floor_t * 1000:.0f} ms; per round {_spread(per_round)})"
+        )
 
     # time beyond the single-image run, paired within each round
     def marginal(times: dict[str, list[float]], side: str) -> list[float]:
@@ -142,7 +156,9 @@ def main() -> None:
     print(f"  {'':<22} {'images/s':>9} {'wall':>8} {'CPU':>8}")
     for label, side in (("maasctl predict", ours), *((label, hands[label]) for label in HAND)):
         cpu_side = ours_cpu if side is ours else marginal(cpu, label)
-        print(f"  {label:<22} {n / statistics.median(side):9.0f} {statistics.median(side) * 1000:6.0f} ms {statistics.median(cpu_side) * 1000:5.0f} ms")
+        print(
+            f"  {label:<22} {n / statistics.median(side):9.0f} {statistics.median(side) * 1000:6.0f} ms {statistics.median(cpu_side) * 1000:5.0f} ms"
+        )
     ratio = statistics.median(hands[best]) / statistics.median(ours)
     per_round = [h / o for h, o in zip(hands[best], ours)]
     print(f"  ratio, vs {best + ':':<21} {ratio:5.2f}   (per round {_spread(per_round)})")
@@ -152,7 +168,9 @@ def main() -> None:
     cpu_ratio = statistics.median(marginal(cpu, best)) / statistics.median(ours_cpu)
     print(f"  CPU-time ratio, vs {best + ':':<12} {cpu_ratio:5.2f}")
     end_to_end = t[f"{best}, {n} images"] / t[f"maasctl predict, {n} images"]
-    print(f"  end to end, vs {best + ':':<16} {end_to_end:5.2f}   ({t[f'maasctl predict, {n} images'] * 1000:.0f} ms vs {t[f'{best}, {n} images'] * 1000:.0f} ms)")
+    print(
+        f"  end to end, vs {best + ':':<16} {end_to_end:5.2f}   ({t[f'maasctl predict, {n} images'] * 1000:.0f} ms vs {t[f'{best}, {n} images'] * 1000:.0f} ms)"
+    )
 
 
 def _spread(values: list[float]) -> str:

@@ -36,7 +36,12 @@ def main() -> None:
             rows.append(f"| `{recipe.name}` | — | — | — | needs the dataset's files (download once) |")
             continue
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "maasctl", "train", str(recipe), "--json"], cwd=workdir, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "maasctl", "train", str(recipe), "--json"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             rows.append(f"| `{recipe.name}` | — | — | — | failed: {proc.stderr.strip().splitlines()[-1][:80]} |")

@@ -52,7 +52,7 @@ class Server:
 
     def __init__(self, name: str, cmd: list[str], port: int, log: Path, cwd: Path) -> None:
         self.name, self.port, self.log = name, port, log
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd)
         deadline = time.monotonic() + 90
         while True:
@@ -99,14 +99,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load(server: Server, path: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float,
-         max_requests: int, warmup: float) -> dict:
-    spec = {"host": "127.0.0.1", "port": server.port, "path": path, "headers": headers,
-            "body_b64": base64.b64encode(body).decode(), "concurrency": concurrency, "duration_s": duration,
-            "max_requests": max_requests, "warmup_s": warmup}
+def load(
+    server: Server,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    warmup: float,
+) -> dict:
+    spec = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "path": path,
+        "headers": headers,
+        "body_b64": base64.b64encode(body).decode(),
+        "concurrency": concurrency,
+        "duration_s": duration,
+        "max_requests": max_requests,
+        "warmup_s": warmup,
+    }
     cpu0 = server.cpu_seconds()
-    out = subprocess.run([sys.executable, str(HERE / "_loadgen.py")], input=json.dumps(spec), capture_output=True,
-                         text=True, timeout=duration + warmup + 60)
+    out = subprocess.run(
+        [sys.executable, str(HERE / "_loadgen.py")],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=duration + warmup + 60,
+    )
     if out.returncode != 0:
         raise SystemExit(f"load generator failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout)
@@ -116,7 +137,9 @@ def load(server: Server, path: str, body: bytes, headers: dict[str, str], concur
     return result
 
 
-METRIC = re.compile(r'^(nv_inference_count_total|nv_inference_exec_count_total)\{[^}]*model="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
+METRIC = re.compile(
+    r'^(nv_inference_count_total|nv_inference_exec_count_total)\{[^}]*model="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M
+)
 
 
 def counters(server: Server, model: str) -> tuple[float, float]:
@@ -126,16 +149,24 @@ def counters(server: Server, model: str) -> tuple[float, float]:
 
 def make_bodies(model: str, sample: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
     shape = list(sample.shape)
-    json_body = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
-                                        "data": [float(v) for v in sample.ravel()]}]}).encode()
+    json_body = json.dumps(
+        {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": [float(v) for v in sample.ravel()]}]}
+    ).encode()
     raw = sample.astype("<f4").tobytes()
-    header = json.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(raw)}}],
-                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     return {
         "json": (json_body, {"Content-Type": "application/json"}),
-        "binary": (header + raw, {"Content-Type": "application/octet-stream",
-                                  "Inference-Header-Content-Length": str(len(header))}),
+        "binary": (
+            header + raw,
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+        ),
     }
 
 
@@ -174,7 +205,9 @@ def in_process_latency(onnx_path: Path, sample: np.ndarray, seconds: float, max_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, help="model repository (default: make one with maasctl quickstart --epochs 2)")
+    parser.add_argument(
+        "--repo", type=Path, help="model repository (default: make one with maasctl quickstart --epochs 2)"
+    )
     parser.add_argument("--model", default="digits-cnn")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measured load run (sections 1, 2, 4)")
     parser.add_argument("--sweep-duration", type=float, default=1.5, help="seconds per load run in the sweep")
@@ -182,7 +215,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per contender in sections 1, 2, 4")
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap on requests per load run")
     parser.add_argument("--sweep", default=",".join(map(str, SWEEP)), help="concurrencies for section 3")
-    parser.add_argument("--sweep-repeats", type=int, default=3, help="alternating runs per contender and point in section 3")
+    parser.add_argument(
+        "--sweep-repeats", type=int, default=3, help="alternating runs per contender and point in section 3"
+    )
     parser.add_argument("--no-binary", action="store_true", help="skip section 4")
     args = parser.parse_args()
 
@@ -210,7 +245,9 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
 
     def start_maasctl(name: str, *extra: str) -> Server:
         port = free_port()
-        s = Server(name, [maasctl, "serve", "--repo", str(repo), "--port", str(port), *extra], port, tmp / f"{name}.log", tmp)
+        s = Server(
+            name, [maasctl, "serve", "--repo", str(repo), "--port", str(port), *extra], port, tmp / f"{name}.log", tmp
+        )
         servers.append(s)
         check_answers(s, path, bodies, expected, binary=True)
         return s
@@ -219,7 +256,13 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
 
     def start_baseline(kind: str) -> Server:
         port = free_port()
-        s = Server(kind, [sys.executable, str(HERE / "_baseline_app.py"), str(onnx_path), str(port), kind], port, tmp / f"{kind}.log", tmp)
+        s = Server(
+            kind,
+            [sys.executable, str(HERE / "_baseline_app.py"), str(onnx_path), str(port), kind],
+            port,
+            tmp / f"{kind}.log",
+            tmp,
+        )
         servers.append(s)
         check_answers(s, path, bodies, expected, binary=False)
         return s
@@ -237,8 +280,12 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
             r["avg_batch"] = (c1[0] - c0[0]) / max(c1[1] - c0[1], 1)
         return r
 
-    def alternate(contenders: dict[str, tuple[Server, str]], concurrency: int, repeats: int | None = None,
-                  duration: float | None = None) -> dict[str, list[dict]]:
+    def alternate(
+        contenders: dict[str, tuple[Server, str]],
+        concurrency: int,
+        repeats: int | None = None,
+        duration: float | None = None,
+    ) -> dict[str, list[dict]]:
         runs: dict[str, list[dict]] = {k: [] for k in contenders}
         for _ in range(repeats or args.repeats):
             for name, (server, kind) in contenders.items():
@@ -246,8 +293,10 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
         return runs
 
     med = lambda rs, key: statistics.median(r[key] for r in rs)  # noqa: E731
-    print(f"\n{platform_line()}; model {args.model} ({onnx_path}); one 1x1x8x8 FP32 sample per request; "
-          f"{args.duration:g} s per run after {args.warmup:g} s warm-up, medians of {args.repeats} alternating runs")
+    print(
+        f"\n{platform_line()}; model {args.model} ({onnx_path}); one 1x1x8x8 FP32 sample per request; "
+        f"{args.duration:g} s per run after {args.warmup:g} s warm-up, medians of {args.repeats} alternating runs"
+    )
 
     # 1. throughput at 16 connections
     contenders = {"maasctl": (ours, "json"), "baseline": (base, "json")}
@@ -255,53 +304,82 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
         contenders["fastapi"] = (fastapi, "json")
     r1 = alternate(contenders, 16)
     ours_rps, base_rps = med(r1["maasctl"], "rps"), med(r1["baseline"], "rps")
-    cpu = {k: statistics.median(r["server_cpu_s"] / (r["ok"] * (1 + args.warmup / args.duration)) for r in v) * 1e6 for k, v in r1.items()}
+    cpu = {
+        k: statistics.median(r["server_cpu_s"] / (r["ok"] * (1 + args.warmup / args.duration)) for r in v) * 1e6
+        for k, v in r1.items()
+    }
     print("\n1. throughput, 16 connections, JSON bodies (target: maasctl >= 4x the FastAPI app)")
-    print(f"   maasctl serve       {ours_rps:8.0f} req/s  p50 {med(r1['maasctl'], 'p50_s') * 1e3:6.2f} ms  p99 {med(r1['maasctl'], 'p99_s') * 1e3:6.2f} ms"
-          f"  avg batch {med(r1['maasctl'], 'avg_batch'):5.1f}  server CPU ~{cpu['maasctl']:4.0f} us/req")
+    print(
+        f"   maasctl serve       {ours_rps:8.0f} req/s  p50 {med(r1['maasctl'], 'p50_s') * 1e3:6.2f} ms  p99 {med(r1['maasctl'], 'p99_s') * 1e3:6.2f} ms"
+        f"  avg batch {med(r1['maasctl'], 'avg_batch'):5.1f}  server CPU ~{cpu['maasctl']:4.0f} us/req"
+    )
     for name, label in (("fastapi", "FastAPI app"), ("baseline", "Starlette app")):
         if name in r1:
             rps = med(r1[name], "rps")
-            print(f"   {label:<19} {rps:8.0f} req/s  p50 {med(r1[name], 'p50_s') * 1e3:6.2f} ms  p99 {med(r1[name], 'p99_s') * 1e3:6.2f} ms"
-                  f"  (one ort run per request)  server CPU ~{cpu[name]:4.0f} us/req   maasctl / this: {ours_rps / rps:.2f}x")
+            print(
+                f"   {label:<19} {rps:8.0f} req/s  p50 {med(r1[name], 'p50_s') * 1e3:6.2f} ms  p99 {med(r1[name], 'p99_s') * 1e3:6.2f} ms"
+                f"  (one ort run per request)  server CPU ~{cpu[name]:4.0f} us/req   maasctl / this: {ours_rps / rps:.2f}x"
+            )
     if fastapi is None:
         print("   FastAPI app         skipped: FastAPI is not installed (pip install -e '.[bench]')")
-    print(f"   single runs: " + ", ".join(f"{k} {[round(r['rps']) for r in v]}" for k, v in r1.items()))
+    print("   single runs: " + ", ".join(f"{k} {[round(r['rps']) for r in v]}" for k, v in r1.items()))
 
     # 2. latency at 1 connection
     r2 = alternate({"maasctl": (ours, "json"), "maasctl-delay0": (no_delay, "json"), "baseline": (base, "json")}, 1)
     print("\n2. latency, 1 connection, JSON (target: maasctl median within 1 ms of in-process onnxruntime)")
     print(f"   in-process onnxruntime, 1 sample      median {floor * 1e3:6.3f} ms")
-    for name, label in (("maasctl", "maasctl serve (defaults)"), ("maasctl-delay0", "maasctl serve --max-queue-delay-ms 0"), ("baseline", "baseline app")):
+    for name, label in (
+        ("maasctl", "maasctl serve (defaults)"),
+        ("maasctl-delay0", "maasctl serve --max-queue-delay-ms 0"),
+        ("baseline", "baseline app"),
+    ):
         p50 = med(r2[name], "p50_s")
-        print(f"   {label:<37} median {p50 * 1e3:6.3f} ms  (+{(p50 - floor) * 1e3:.3f} ms, {p50 / floor:5.1f}x)  "
-              f"p99 {med(r2[name], 'p99_s') * 1e3:6.3f} ms  {med(r2[name], 'rps'):6.0f} req/s")
+        print(
+            f"   {label:<37} median {p50 * 1e3:6.3f} ms  (+{(p50 - floor) * 1e3:.3f} ms, {p50 / floor:5.1f}x)  "
+            f"p99 {med(r2[name], 'p99_s') * 1e3:6.3f} ms  {med(r2[name], 'rps'):6.0f} req/s"
+        )
 
     # 3. sweep
-    print(f"\n3. concurrency sweep, JSON, medians of {args.sweep_repeats} alternating runs of {args.sweep_duration:g} s per point "
-          f"(batch = delta nv_inference_count_total / delta nv_inference_exec_count_total from /metrics)")
-    print(f"   {'conc':>4} | {'maasctl req/s':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} | {'baseline req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>5}")
+    print(
+        f"\n3. concurrency sweep, JSON, medians of {args.sweep_repeats} alternating runs of {args.sweep_duration:g} s per point "
+        f"(batch = delta nv_inference_count_total / delta nv_inference_exec_count_total from /metrics)"
+    )
+    print(
+        f"   {'conc':>4} | {'maasctl req/s':>13} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} | {'baseline req/s':>14} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>5}"
+    )
     for c in [int(x) for x in args.sweep.split(",")]:
         rs = alternate({"o": (ours, "json"), "b": (base, "json")}, c, args.sweep_repeats, args.sweep_duration)
         o = {k: med(rs["o"], k) for k in ("rps", "p50_s", "p99_s", "avg_batch")}
         b = {k: med(rs["b"], k) for k in ("rps", "p50_s", "p99_s")}
-        print(f"   {c:>4} | {o['rps']:13.0f} {o['p50_s'] * 1e3:7.2f} {o['p99_s'] * 1e3:7.2f} {o['avg_batch']:5.1f} | "
-              f"{b['rps']:14.0f} {b['p50_s'] * 1e3:7.2f} {b['p99_s'] * 1e3:7.2f} | {o['rps'] / b['rps']:5.2f}x")
+        print(
+            f"   {c:>4} | {o['rps']:13.0f} {o['p50_s'] * 1e3:7.2f} {o['p99_s'] * 1e3:7.2f} {o['avg_batch']:5.1f} | "
+            f"{b['rps']:14.0f} {b['p50_s'] * 1e3:7.2f} {b['p99_s'] * 1e3:7.2f} | {o['rps'] / b['rps']:5.2f}x"
+        )
 
     # 4. binary tensors
     if not args.no_binary:
         r4 = alternate({"json": (ours, "json"), "binary": (ours, "binary")}, 16)
         j, bn = med(r4["json"], "rps"), med(r4["binary"], "rps")
         print("\n4. maasctl serve, 16 connections: binary tensors (input and output) vs JSON")
-        print(f"   JSON     {j:8.0f} req/s  p50 {med(r4['json'], 'p50_s') * 1e3:6.2f} ms  body {len(bodies['json'][0])} B")
-        print(f"   binary   {bn:8.0f} req/s  p50 {med(r4['binary'], 'p50_s') * 1e3:6.2f} ms  body {len(bodies['binary'][0])} B")
+        print(
+            f"   JSON     {j:8.0f} req/s  p50 {med(r4['json'], 'p50_s') * 1e3:6.2f} ms  body {len(bodies['json'][0])} B"
+        )
+        print(
+            f"   binary   {bn:8.0f} req/s  p50 {med(r4['binary'], 'p50_s') * 1e3:6.2f} ms  body {len(bodies['binary'][0])} B"
+        )
         print(f"   ratio    {bn / j:8.2f}x   vs the baseline app's JSON: {bn / base_rps:.2f}x")
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f}")
 
 
 def _make_model(maasctl: str, tmp: Path) -> Path:
     print("making a model: maasctl quickstart --epochs 2 ...", file=sys.stderr)
-    subprocess.run([maasctl, "quickstart", "--epochs", "2", "--samples", "1"], cwd=tmp, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [maasctl, "quickstart", "--epochs", "2", "--samples", "1"],
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return tmp / "artifacts" / "models"
 
 

@@ -50,8 +50,14 @@ def file_resnet18(repo: Path, size: int) -> Path:
     folder.mkdir(parents=True)
     onnx_path = folder / "model.onnx"
     torch.onnx.export(
-        model, (torch.zeros(1, 3, size, size),), str(onnx_path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        model,
+        (torch.zeros(1, 3, size, size),),
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
     )
     manifest = {
         "format": "maasctl.model/1",
@@ -103,8 +109,13 @@ def main() -> None:
         tmp = Path(tmp)
         onnx_path = file_resnet18(tmp / "repo", args.size)
         port = free_port()
-        server = Server("maasctl", [maasctl, "serve", "--repo", str(tmp / "repo"), "--port", str(port), "--device", args.device],
-                        port, tmp / "serve.log", tmp)
+        server = Server(
+            "maasctl",
+            [maasctl, "serve", "--repo", str(tmp / "repo"), "--port", str(port), "--device", args.device],
+            port,
+            tmp / "serve.log",
+            tmp,
+        )
         try:
             run(args, server, onnx_path)
         finally:
@@ -120,21 +131,27 @@ def run(args: argparse.Namespace, server: Server, onnx_path: Path) -> None:
         for b in batches:
             local[b].append(in_process(onnx_path, args.size, b, args.duration, args.device))
         c0 = counters(server, MODEL)
-        r = load(server, f"/v2/models/{MODEL}/infer", body, headers, args.concurrency, args.duration, 1_000_000, args.warmup)
+        r = load(
+            server, f"/v2/models/{MODEL}/infer", body, headers, args.concurrency, args.duration, 1_000_000, args.warmup
+        )
         c1 = counters(server, MODEL)
         served.append(r["rps"])
         avg_batch.append((c1[0] - c0[0]) / max(c1[1] - c0[1], 1))
     medians = {b: statistics.median(v) for b, v in local.items()}
     best = max(medians, key=medians.get)
     ours = statistics.median(served)
-    print(f"\n{platform_line()}; {MODEL} 3x{args.size}x{args.size} FP32 on {args.device}; {args.duration:g} s per run, "
-          f"medians of {args.repeats} alternating runs")
+    print(
+        f"\n{platform_line()}; {MODEL} 3x{args.size}x{args.size} FP32 on {args.device}; {args.duration:g} s per run, "
+        f"medians of {args.repeats} alternating runs"
+    )
     print("\nin-process onnxruntime, images/s by batch size")
     for b in batches:
         mark = "  <- best" if b == best else ""
         print(f"   batch {b:>3}   {medians[b]:8.1f}{mark}")
     print(f"\nmaasctl serve, {args.concurrency} connections, one image per request, binary tensors")
-    print(f"   {ours:8.1f} images/s   avg batch {statistics.median(avg_batch):4.1f}   (single runs: {[round(x, 1) for x in served]})")
+    print(
+        f"   {ours:8.1f} images/s   avg batch {statistics.median(avg_batch):4.1f}   (single runs: {[round(x, 1) for x in served]})"
+    )
     print(f"\nratio to the best in-process batch size: {ours / medians[best]:.3f}   (target >= 0.95)")
     print(f"load average after the run: {os.getloadavg()[0]:.1f}")
 

@@ -75,7 +75,9 @@ def run_by_hand(overrides: list[str], plain: bool = False) -> tuple[float, list[
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            correct = sum(int((model(xv[i : i + 512]).argmax(1) == yv[i : i + 512]).sum()) for i in range(0, len(yv), 512))
+            correct = sum(
+                int((model(xv[i : i + 512]).argmax(1) == yv[i : i + 512]).sum()) for i in range(0, len(yv), 512)
+            )
         _ = correct / len(yv)  # what a hand-written loop reports per epoch
         stamps.append(time.perf_counter())
     return started, stamps, len(y)
@@ -103,14 +105,21 @@ def overhead(args: argparse.Namespace) -> dict[str, Any]:
     ours, hand, ratios = [], [], []
     for r in range(args.repeats):
         pair = {}
-        for who in (("maasctl", "hand") if r % 2 == 0 else ("hand", "maasctl")):
+        for who in ("maasctl", "hand") if r % 2 == 0 else ("hand", "maasctl"):
             pair[who] = throughput(run_maasctl(base) if who == "maasctl" else run_by_hand(base))
         ours.append(pair["maasctl"])
         hand.append(pair["hand"])
         ratios.append(pair["maasctl"] / pair["hand"])
-        print(f"  pair {r + 1}: maasctl {pair['maasctl']:,.0f} samples/s, by hand {pair['hand']:,.0f} samples/s, ratio {ratios[-1]:.3f}")
-    return {"maasctl": statistics.median(ours), "hand": statistics.median(hand), "ratio": statistics.median(ratios),
-            "low": min(ratios), "high": max(ratios)}
+        print(
+            f"  pair {r + 1}: maasctl {pair['maasctl']:,.0f} samples/s, by hand {pair['hand']:,.0f} samples/s, ratio {ratios[-1]:.3f}"
+        )
+    return {
+        "maasctl": statistics.median(ours),
+        "hand": statistics.median(hand),
+        "ratio": statistics.median(ratios),
+        "low": min(ratios),
+        "high": max(ratios),
+    }
 
 
 def speed_features(args: argparse.Namespace, tmp: Path) -> None:
@@ -138,7 +147,9 @@ def speed_features(args: argparse.Namespace, tmp: Path) -> None:
             results[name].append(throughput(run_maasctl(overrides), skip_first=True))
             torch._dynamo.reset()  # each compiled run starts from scratch
     floor = statistics.median(results["plain fp32 loop by hand"])
-    print(f"\nspeed features on {torch.cuda.get_device_name()} (ResNet-18, 3x32x32, batch 256, steady state, median of {args.speed_repeats}):")
+    print(
+        f"\nspeed features on {torch.cuda.get_device_name()} (ResNet-18, 3x32x32, batch 256, steady state, median of {args.speed_repeats}):"
+    )
     for name, values in results.items():
         sps = statistics.median(values)
         print(f"  {name:45s} {sps:10,.0f} samples/s   {sps / floor:5.2f}x the plain loop")
@@ -157,11 +168,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"training overhead: digits CNN, {args.epochs} epochs per run, {args.repeats} alternating pairs, {device}, "
-          f"{torch.get_num_threads()} CPU thread(s), torch {torch.__version__}")
+    print(
+        f"training overhead: digits CNN, {args.epochs} epochs per run, {args.repeats} alternating pairs, {device}, "
+        f"{torch.get_num_threads()} CPU thread(s), torch {torch.__version__}"
+    )
     o = overhead(args)
-    print(f"\nmaasctl {o['maasctl']:,.0f} samples/s, by hand {o['hand']:,.0f} samples/s (medians): "
-          f"ratio {o['ratio']:.3f} (median of per-pair ratios, range {o['low']:.3f}-{o['high']:.3f}; target >= 0.95)")
+    print(
+        f"\nmaasctl {o['maasctl']:,.0f} samples/s, by hand {o['hand']:,.0f} samples/s (medians): "
+        f"ratio {o['ratio']:.3f} (median of per-pair ratios, range {o['low']:.3f}-{o['high']:.3f}; target >= 0.95)"
+    )
     if torch.cuda.is_available():
         with tempfile.TemporaryDirectory() as tmp:
             speed_features(args, Path(tmp))

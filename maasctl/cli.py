@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 
@@ -29,7 +29,9 @@ app.add_typer(recipe_app, name="recipe")
 models_app = typer.Typer(help="Model architectures (the registry) and the model repository.")
 app.add_typer(models_app, name="models")
 
-ARTIFACTS = typer.Option(Path("artifacts"), "--artifacts", envvar="MAASCTL_ARTIFACTS", help="where runs/ and models/ live")
+ARTIFACTS = typer.Option(
+    Path("artifacts"), "--artifacts", envvar="MAASCTL_ARTIFACTS", help="where runs/ and models/ live"
+)
 REPO = typer.Option(Path("artifacts/models"), "--repo", envvar="MAASCTL_REPO", help="model repository folder")
 JSON = typer.Option(False, "--json", help="print exactly one JSON object on stdout (logs go to stderr)")
 SET = typer.Option([], "--set", help="override a recipe key: key.path=value (repeatable)")
@@ -52,13 +54,16 @@ def _emit_json(obj: Any) -> None:
 
 @app.command()
 def train(
-    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the default digits recipe when omitted"),
-    set_: List[str] = SET,
-    name: Optional[str] = typer.Option(None, "--name", help="run folder name (default: the recipe's name)"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="continue the run RUN from its last checkpoint"),
-    nproc: Optional[int] = typer.Option(
-        None, "--nproc", min=1, help="train on N processes with DistributedDataParallel (starts torchrun; one per GPU, or gloo on CPU)"
+    recipe: Path | None = typer.Argument(None, help="recipe YAML; the default digits recipe when omitted"),
+    set_: list[str] = SET,
+    name: str | None = typer.Option(None, "--name", help="run folder name (default: the recipe's name)"),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (overrides train.device)"),
+    resume: str | None = typer.Option(None, "--resume", help="continue the run RUN from its last checkpoint"),
+    nproc: int | None = typer.Option(
+        None,
+        "--nproc",
+        min=1,
+        help="train on N processes with DistributedDataParallel (starts torchrun; one per GPU, or gloo on CPU)",
     ),
     artifacts: Path = ARTIFACTS,
     json_: bool = JSON,
@@ -74,7 +79,9 @@ def train(
         from maasctl.train.rundir import check_resumable, find_run_dir
 
         if recipe is not None:
-            raise MaasctlError("--resume continues a run with its saved recipe; give changes with --set, not a RECIPE file")
+            raise MaasctlError(
+                "--resume continues a run with its saved recipe; give changes with --set, not a RECIPE file"
+            )
         run_dir = find_run_dir(resume, runs_root)
         resolved = load_recipe(run_dir / "recipe.yaml", overrides)
         check_resumable(load_recipe(run_dir / "recipe.yaml"), resolved)
@@ -82,7 +89,9 @@ def train(
         resolved = load_recipe(recipe, overrides)
     if nproc and nproc > 1:  # the recipe is checked above, once, before N processes start
         if "RANK" in os.environ:
-            raise MaasctlError("--nproc starts torchrun, but this process already runs under torchrun (RANK is set); leave --nproc out")
+            raise MaasctlError(
+                "--nproc starts torchrun, but this process already runs under torchrun (RANK is set); leave --nproc out"
+            )
         raise typer.Exit(_launch_torchrun(nproc))
     from maasctl.train.progress import epoch_reporter
     from maasctl.train.rundir import create_run_dir
@@ -103,7 +112,7 @@ def train(
             if trainer.is_main:
                 again = f" --nproc {trainer.dist.world_size}" if trainer.dist.enabled else ""
                 _log(f"interrupted; continue with: maasctl train --resume {run_dir}{again}")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
     finally:
         trainer.close()
     if not trainer.is_main:
@@ -126,7 +135,16 @@ def _launch_torchrun(nproc: int) -> int:
             skip = arg == "--nproc"
             continue
         args.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "maasctl", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "maasctl",
+        *args,
+    ]
     _log("starting: " + shlex.join(["torchrun", *cmd[3:]]))
     proc = subprocess.Popen(cmd)
     try:
@@ -139,13 +157,24 @@ def _launch_torchrun(nproc: int) -> int:
 @app.command()
 def export(
     run: str = typer.Argument(..., help="a run name under artifacts/runs, or a run folder path"),
-    name: Optional[str] = typer.Option(None, "--name", help="model name in the repository (default: the recipe's name)"),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset)"),
-    atol: Optional[float] = typer.Option(None, "--atol", help="parity tolerance (default: the recipe's export.atol)"),
-    exporter: str = typer.Option("auto", "--exporter", help="auto (dynamo, falling back to torchscript) | dynamo | torchscript"),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: static QDQ (calibrated on training samples) for CNNs, dynamic for MLP/RNN/Transformer; filed instead of fp32"),
+    name: str | None = typer.Option(None, "--name", help="model name in the repository (default: the recipe's name)"),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset)"),
+    atol: float | None = typer.Option(None, "--atol", help="parity tolerance (default: the recipe's export.atol)"),
+    exporter: str = typer.Option(
+        "auto", "--exporter", help="auto (dynamo, falling back to torchscript) | dynamo | torchscript"
+    ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="int8: static QDQ (calibrated on training samples) for CNNs, dynamic for MLP/RNN/Transformer; filed instead of fp32",
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="file a float16 model (float32 inputs and outputs kept)"),
-    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", min=0, help="refuse a compressed model whose test accuracy is more than this below fp32 (0.01 = 1 point)"),
+    max_accuracy_drop: float = typer.Option(
+        0.01,
+        "--max-accuracy-drop",
+        min=0,
+        help="refuse a compressed model whose test accuracy is more than this below fp32 (0.01 = 1 point)",
+    ),
     force: bool = typer.Option(False, "--force", help="file the compressed model even past --max-accuracy-drop"),
     artifacts: Path = ARTIFACTS,
     json_: bool = JSON,
@@ -164,8 +193,16 @@ def export(
 
     run_dir = find_run_dir(run, artifacts / "runs")
     result = export_run(
-        run_dir, ModelRepository(artifacts / "models"), name=name, opset=opset, atol=atol, exporter=exporter,
-        compress=compress, max_accuracy_drop=max_accuracy_drop, force=force, log=_log,
+        run_dir,
+        ModelRepository(artifacts / "models"),
+        name=name,
+        opset=opset,
+        atol=atol,
+        exporter=exporter,
+        compress=compress,
+        max_accuracy_drop=max_accuracy_drop,
+        force=force,
+        log=_log,
     )
     _log(f"filed {result.name} version {result.version} at {result.path}")
     if json_:
@@ -177,17 +214,48 @@ def serve(
     repo: Path = REPO,
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind; 0.0.0.0 exposes the server to the network"),
     port: int = typer.Option(8000, "--port"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when onnxruntime has it) | cpu | cuda (refuse to start without it)"),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA when onnxruntime has it) | cpu | cuda (refuse to start without it)"
+    ),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body accepted (413 beyond)"),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one JSON line per request on stdout"),
-    drain_seconds: float = typer.Option(30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"),
-    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="rows per model execution when batching requests; 1: no batching"),
-    max_queue_delay_ms: float = typer.Option(0, "--max-queue-delay-ms", min=0, help="how long a request waits for others to batch with (0: batch only what queued while the previous batch ran)"),
-    max_queue_size: int = typer.Option(256, "--max-queue-size", min=1, help="queued requests per model; beyond it 503 at once"),
-    request_timeout_s: Optional[float] = typer.Option(None, "--request-timeout-s", min=0, help="504 when a request's result is not ready in this time (default: no limit)"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="MAASCTL_TOKEN", show_envvar=True, help="require 'Authorization: Bearer TOKEN' on all but /v2/health/*; prefer the env variable (argv is visible in ps)"),
-    version_policy: str = typer.Option("latest", "--version-policy", help="versions served per model: latest | latest:N (the N highest) | all"),
-    poll_seconds: float = typer.Option(0, "--poll-seconds", min=0, help="look for new, changed and removed versions this often (0: at start, and on POST /v2/repository/models/NAME/load)"),
+    drain_seconds: float = typer.Option(
+        30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"
+    ),
+    max_batch_size: int = typer.Option(
+        32, "--max-batch-size", min=1, help="rows per model execution when batching requests; 1: no batching"
+    ),
+    max_queue_delay_ms: float = typer.Option(
+        0,
+        "--max-queue-delay-ms",
+        min=0,
+        help="how long a request waits for others to batch with (0: batch only what queued while the previous batch ran)",
+    ),
+    max_queue_size: int = typer.Option(
+        256, "--max-queue-size", min=1, help="queued requests per model; beyond it 503 at once"
+    ),
+    request_timeout_s: float | None = typer.Option(
+        None,
+        "--request-timeout-s",
+        min=0,
+        help="504 when a request's result is not ready in this time (default: no limit)",
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="MAASCTL_TOKEN",
+        show_envvar=True,
+        help="require 'Authorization: Bearer TOKEN' on all but /v2/health/*; prefer the env variable (argv is visible in ps)",
+    ),
+    version_policy: str = typer.Option(
+        "latest", "--version-policy", help="versions served per model: latest | latest:N (the N highest) | all"
+    ),
+    poll_seconds: float = typer.Option(
+        0,
+        "--poll-seconds",
+        min=0,
+        help="look for new, changed and removed versions this often (0: at start, and on POST /v2/repository/models/NAME/load)",
+    ),
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (KServe v2 REST)."""
     if device not in ("auto", "cpu", "cuda"):
@@ -201,8 +269,17 @@ def serve(
     VersionPolicy.parse(version_policy)  # a typo fails here, before any model loads
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size, request_timeout_s or None)
     run_server(
-        str(repo), host, port, device, int(max_body_mb * 1024 * 1024), access_log, drain_seconds, batching, token,
-        version_policy, poll_seconds,
+        str(repo),
+        host,
+        port,
+        device,
+        int(max_body_mb * 1024 * 1024),
+        access_log,
+        drain_seconds,
+        batching,
+        token,
+        version_policy,
+        poll_seconds,
     )
 
 
@@ -224,7 +301,9 @@ def predict(ctx: typer.Context) -> None:
 @app.command()
 def evaluate(
     model: str = typer.Argument(..., help="repository name, name:version, or a model folder path"),
-    split: str = typer.Option("test", "--split", help="train | validation | test, as the model's recipe splits its data"),
+    split: str = typer.Option(
+        "test", "--split", help="train | validation | test, as the model's recipe splits its data"
+    ),
     repo: Path = REPO,
     json_: bool = JSON,
 ) -> None:
@@ -294,11 +373,13 @@ def models_list(repo: Path = REPO, json_: bool = JSON) -> None:
 
 
 @app.command()
-def examples(dest: Path = typer.Argument(Path("data/examples"), help="folder to write the example datasets into")) -> None:
+def examples(
+    dest: Path = typer.Argument(Path("data/examples"), help="folder to write the example datasets into"),
+) -> None:
     """Write the example datasets that the recipes in recipes/ train on (no network needed)."""
     from maasctl.data.examples import write_examples
 
-    for name, path in write_examples(dest).items():
+    for _name, path in write_examples(dest).items():
         _log(f"wrote {path}")
 
 
@@ -312,7 +393,7 @@ def doctor() -> None:
 
 @app.command()
 def quickstart(
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="override train.epochs of the default recipe"),
+    epochs: int | None = typer.Option(None, "--epochs", help="override train.epochs of the default recipe"),
     samples: int = typer.Option(8, "--samples", help="held-out digits to write as PNG files and predict"),
     artifacts: Path = ARTIFACTS,
 ) -> None:
@@ -324,8 +405,8 @@ def quickstart(
 
 @recipe_app.command("show")
 def recipe_show(
-    recipe: Optional[Path] = typer.Argument(None, help="recipe YAML; the default recipe when omitted"),
-    set_: List[str] = SET,
+    recipe: Path | None = typer.Argument(None, help="recipe YAML; the default recipe when omitted"),
+    set_: list[str] = SET,
 ) -> None:
     """Print the recipe resolved with every default, as YAML."""
     from maasctl.recipe import dump_recipe, load_recipe
@@ -357,7 +438,8 @@ def main() -> None:
             f"error: this command needs {exc.name}, from maasctl's training extra (torch, torchvision, onnx, "
             "matplotlib), which this installation lacks: pip install 'maasctl[train]' (from a clone: pip install -e '.[train]'). "
             "serve, predict, evaluate and doctor work without it.",
-            markup=False, style="red",
+            markup=False,
+            style="red",
         )
         sys.exit(EXIT_UNAVAILABLE)
     except BrokenPipeError:  # `maasctl ... | head` closed the pipe: not an error worth a traceback

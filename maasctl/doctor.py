@@ -7,7 +7,18 @@ import importlib.metadata as md
 from rich.console import Console
 from rich.table import Table
 
-PACKAGES = ["maasctl", "torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "numpy", "starlette", "uvicorn"]
+PACKAGES = [
+    "maasctl",
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "numpy",
+    "starlette",
+    "uvicorn",
+]
 
 
 def installed(name: str) -> str | None:
@@ -27,7 +38,9 @@ def run_doctor(console: Console) -> int:
         import torch
 
         cuda = torch.cuda.is_available()
-        table.add_row("torch sees CUDA", f"yes: {torch.cuda.get_device_name(0)}" if cuda else "no (training runs on CPU)")
+        table.add_row(
+            "torch sees CUDA", f"yes: {torch.cuda.get_device_name(0)}" if cuda else "no (training runs on CPU)"
+        )
     except ImportError:
         table.add_row("torch sees CUDA", "torch not installed")
     try:

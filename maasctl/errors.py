@@ -6,7 +6,7 @@ Exit codes (documented in `maasctl --help` and the README):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,7 +44,7 @@ class Unavailable(MaasctlError):
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """"; did you mean 'x'?" for the closest option, or "" when none is close: the tail of an error message."""
+    """ "; did you mean 'x'?" for the closest option, or "" when none is close: the tail of an error message."""
     import difflib  # only when a message is being built: errors.py is on predict's start-up path
 
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)

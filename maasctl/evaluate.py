@@ -26,13 +26,22 @@ def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size:
     model = load_model(version, device="cpu")
     recipe_doc = model.manifest.get("recipe")
     if recipe_doc is None:
-        raise UsageError(f"{version.path}: the manifest records no recipe (exported by an older maasctl); re-export the run")
+        raise UsageError(
+            f"{version.path}: the manifest records no recipe (exported by an older maasctl); re-export the run"
+        )
     recipe = Recipe.model_validate(recipe_doc)
     data = build_dataset(recipe.data, recipe.train.seed)
     part = getattr(data, split)
     name_in, name_out = model.inputs[0].name, model.manifest["outputs"][0]["name"]
     predictions = [
-        model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out].argmax(1) for i in range(0, len(part.y), batch_size)
+        model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out].argmax(1)
+        for i in range(0, len(part.y), batch_size)
     ]
     metrics = classification_metrics(part.y, np.concatenate(predictions), data.num_classes)
-    return {"name": version.name, "version": version.version, "split": split, "samples": int(len(part.y)), "metrics": metrics}
+    return {
+        "name": version.name,
+        "version": version.version,
+        "split": split,
+        "samples": len(part.y),
+        "metrics": metrics,
+    }

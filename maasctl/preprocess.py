@@ -7,8 +7,9 @@ model's manifest. One function on both sides is what keeps them from drifting ap
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,12 @@ def load_image(source: str | Path | Any, spec: dict[str, Any]) -> np.ndarray:
 def tabular_spec(columns: Sequence[str], mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
     """Standardization with training-split statistics; constant columns get std 1 so they pass through as 0."""
     std = np.where(std > 0, std, 1.0)
-    return {"kind": "tabular", "columns": list(columns), "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    return {
+        "kind": "tabular",
+        "columns": list(columns),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
 
 
 def normalize_features(rows: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
@@ -91,7 +97,15 @@ def tokenize(text: str, lowercase: bool = True) -> list[str]:
 
 def text_spec(vocab: Sequence[str], max_len: int, lowercase: bool) -> dict[str, Any]:
     """`vocab[i]` is the token with id i + 2 (0 is padding, 1 is unknown)."""
-    return {"kind": "text", "vocab": list(vocab), "max_len": max_len, "lowercase": lowercase, "pattern": TOKEN_PATTERN, "pad_id": PAD, "unk_id": UNK}
+    return {
+        "kind": "text",
+        "vocab": list(vocab),
+        "max_len": max_len,
+        "lowercase": lowercase,
+        "pattern": TOKEN_PATTERN,
+        "pad_id": PAD,
+        "unk_id": UNK,
+    }
 
 
 class TextEncoder:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from maasctl.errors import CheckFailed
 
@@ -52,6 +52,8 @@ def run_quickstart(artifacts: Path, epochs: int | None, samples: int, log: Calla
     console.print(table)
     m = result.metrics
     console.print(f"test accuracy: {m['test_accuracy']:.2%} on {len(test.y)} held-out digits", markup=False)
-    console.print(f"next: maasctl serve  →  maasctl predict {exported.name} {files[0]} --url http://127.0.0.1:8000", markup=False)
+    console.print(
+        f"next: maasctl serve  →  maasctl predict {exported.name} {files[0]} --url http://127.0.0.1:8000", markup=False
+    )
     if m["test_accuracy"] < 0.5:
         raise CheckFailed("test accuracy is below 50%: training did not work")

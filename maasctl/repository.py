@@ -70,7 +70,9 @@ class ModelRepository:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name) and self.versions(p.name))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name) and self.versions(p.name)
+        )
 
     def versions(self, name: str) -> list[int]:
         folder = self.root / name
@@ -92,7 +94,9 @@ class ModelRepository:
     def add_version(self, name: str, staged: Path) -> ModelVersion:
         """Move a fully written staging folder into place as the next version; returns where it landed."""
         if not _NAME.match(name):
-            raise UsageError(f"model name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit")
+            raise UsageError(
+                f"model name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            )
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         version = (self.versions(name) or [0])[-1] + 1

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "train.epochs=3"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run `maasctl ARGS` in a subprocess, as a user or a CI script would."""
     proc = subprocess.run(
         [sys.executable, "-m", "maasctl", *args],
@@ -28,7 +30,9 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, env: dict |
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"maasctl {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"maasctl {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from PIL import Image
-
 from conftest import run_cli, start_server, stop_server
+from PIL import Image
 
 
 def test_train_json_reports_run_and_metrics(workspace):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_cli
+
 from maasctl.errors import CheckFailed
 from maasctl.export.compress import check_accuracy_drop, int8_mode
 
@@ -23,7 +23,9 @@ def ws(workspace, tmp_path_factory) -> Path:
 
 
 def test_int8_static_cnn_is_measured_filed_and_predicts(ws):
-    proc = run_cli("export", "digits", "--name", "q", "--quantize", "int8", "--exporter", "torchscript", "--json", cwd=ws)
+    proc = run_cli(
+        "export", "digits", "--name", "q", "--quantize", "int8", "--exporter", "torchscript", "--json", cwd=ws
+    )
     out = json.loads(proc.stdout)
     c = out["compression"]
     assert (c["method"], c["mode"], c["format"]) == ("int8", "static", "QDQ")
@@ -61,7 +63,20 @@ def test_int8_static_cnn_is_measured_filed_and_predicts(ws):
 
     # an honest refusal: the int8 model here differs from fp32 on some test samples only if its accuracy dropped
     if c["accuracy_drop"] > 0:
-        refused = run_cli("export", "digits", "--name", "q", "--quantize", "int8", "--exporter", "torchscript", "--max-accuracy-drop", "0", cwd=ws, check=False)
+        refused = run_cli(
+            "export",
+            "digits",
+            "--name",
+            "q",
+            "--quantize",
+            "int8",
+            "--exporter",
+            "torchscript",
+            "--max-accuracy-drop",
+            "0",
+            cwd=ws,
+            check=False,
+        )
         assert refused.returncode == 1, refused.stderr
         assert "compression refused" in refused.stderr
         assert sorted(p.name for p in (ws / "artifacts" / "models" / "q").iterdir() if p.is_dir()) == ["1"]
@@ -88,7 +103,11 @@ def test_int8_mode_by_family():
 
 def test_int8_dynamic_mlp_and_usage_errors(tmp_path):
     run_cli("train", str(ROOT / "recipes" / "digits_mlp.yaml"), "--set", "train.epochs=3", "--json", cwd=tmp_path)
-    out = json.loads(run_cli("export", "digits-mlp", "--quantize", "int8", "--exporter", "torchscript", "--json", cwd=tmp_path).stdout)
+    out = json.loads(
+        run_cli(
+            "export", "digits-mlp", "--quantize", "int8", "--exporter", "torchscript", "--json", cwd=tmp_path
+        ).stdout
+    )
     c = out["compression"]
     assert (c["method"], c["mode"]) == ("int8", "dynamic")
     assert c["fp32"]["accuracy"] - c["compressed"]["accuracy"] <= 0.01

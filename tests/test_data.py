@@ -8,9 +8,9 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from maasctl.data import build_dataset
 from maasctl.errors import UsageError
 from maasctl.preprocess import UNK, TextEncoder, load_image, normalize_features, normalize_images
@@ -67,14 +67,37 @@ def test_missing_file_is_named(tmp_path):
 
 def test_csv_trains_from_the_cli(iris_like, tmp_path):
     out = run_cli(
-        "train", "--set", "data.source=csv", "--set", f"data.path={iris_like}", "--set", "data.label_column=species",
-        "--set", "model.name=mlp", "--set", "train.epochs=15", "--set", "train.batch_size=16", "--json", cwd=tmp_path,
+        "train",
+        "--set",
+        "data.source=csv",
+        "--set",
+        f"data.path={iris_like}",
+        "--set",
+        "data.label_column=species",
+        "--set",
+        "model.name=mlp",
+        "--set",
+        "train.epochs=15",
+        "--set",
+        "train.batch_size=16",
+        "--json",
+        cwd=tmp_path,
     )
     assert json.loads(out.stdout)["metrics"]["test_accuracy"] > 0.9  # well-separated classes
 
 
 def test_cnn_on_tabular_data_names_the_fitting_models(iris_like, tmp_path):
-    proc = run_cli("train", "--set", "data.source=csv", "--set", f"data.path={iris_like}", "--set", "data.label_column=species", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "train",
+        "--set",
+        "data.source=csv",
+        "--set",
+        f"data.path={iris_like}",
+        "--set",
+        "data.label_column=species",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "cnn_small takes image inputs" in proc.stderr and "mlp" in proc.stderr
     assert not (tmp_path / "artifacts" / "runs").exists()
 
@@ -85,7 +108,14 @@ def test_cnn_on_tabular_data_names_the_fitting_models(iris_like, tmp_path):
 def test_npz_kinds_and_given_test_split(tmp_path):
     rng = np.random.default_rng(0)
     images = tmp_path / "img.npz"
-    np.savez(images, x=rng.random((60, 3, 6, 6)), y=np.arange(60) % 3, x_test=rng.random((9, 3, 6, 6)), y_test=np.arange(9) % 3, labels=np.array(["a", "b", "c"]))
+    np.savez(
+        images,
+        x=rng.random((60, 3, 6, 6)),
+        y=np.arange(60) % 3,
+        x_test=rng.random((9, 3, 6, 6)),
+        y_test=np.arange(9) % 3,
+        labels=np.array(["a", "b", "c"]),
+    )
     d = data_of("data.source=npz", f"data.path={images}")
     assert d.input_kind == "image" and d.input_shape == (3, 6, 6) and len(d.test.y) == 9 and d.labels == ["a", "b", "c"]
     assert len(d.train.y) + len(d.validation.y) == 60
@@ -128,7 +158,9 @@ def _image_folder(root, per_class=8):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             noise = rng.integers(-20, 20, (20, 24, 3))
-            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(
+                root / name / f"{i}.{'png' if i % 2 else 'jpg'}"
+            )
     return root
 
 
@@ -159,9 +191,23 @@ def test_image_folder_errors(tmp_path):
 def test_image_folder_trains_with_augmentation(tmp_path):
     root = _image_folder(tmp_path / "imgs")
     out = run_cli(
-        "train", "--set", "data.source=image_folder", "--set", f"data.root={root}", "--set", "data.image_size=[12,12]",
-        "--set", "data.augment.random_crop_padding=2", "--set", "data.augment.horizontal_flip=true",
-        "--set", "data.split={train: 0.5, validation: 0.25, test: 0.25}", "--set", "train.epochs=8", "--json", cwd=tmp_path,
+        "train",
+        "--set",
+        "data.source=image_folder",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "data.image_size=[12,12]",
+        "--set",
+        "data.augment.random_crop_padding=2",
+        "--set",
+        "data.augment.horizontal_flip=true",
+        "--set",
+        "data.split={train: 0.5, validation: 0.25, test: 0.25}",
+        "--set",
+        "train.epochs=8",
+        "--json",
+        cwd=tmp_path,
     )
     assert json.loads(out.stdout)["metrics"]["test_accuracy"] >= 0.8  # colours are easy
 
@@ -171,7 +217,10 @@ def test_image_folder_trains_with_augmentation(tmp_path):
 
 def test_text_vocabulary_comes_from_training_split_only(tmp_path):
     path = tmp_path / "reviews.jsonl"
-    rows = [{"text": f"Great film number {i}!" if i % 2 else f"awful movie {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    rows = [
+        {"text": f"Great film number {i}!" if i % 2 else f"awful movie {i}", "label": "pos" if i % 2 else "neg"}
+        for i in range(40)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     d = data_of("data.source=text", f"data.path={path}", "data.max_len=6")
     assert d.input_kind == "tokens" and d.input_shape == (6,) and d.labels == ["neg", "pos"]
@@ -217,5 +266,7 @@ def test_torchvision_mnist_from_local_files(tmp_path):
 
 
 def test_torchvision_missing_files_say_what_to_fetch_where(tmp_path):
-    with pytest.raises(UsageError, match=r"MNIST is not under .* data.download=true .*/MNIST/raw/train-images-idx3-ubyte"):
+    with pytest.raises(
+        UsageError, match=r"MNIST is not under .* data.download=true .*/MNIST/raw/train-images-idx3-ubyte"
+    ):
         data_of("data.source=torchvision", "data.name=MNIST", f"data.root={tmp_path}")

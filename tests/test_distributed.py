@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import run_cli
+
 from maasctl.train.distributed import DistEnv, per_rank_batch, shard
 
 CPU2 = ["--nproc", "2", "--device", "cpu"]
@@ -57,8 +57,24 @@ def test_nproc_2_trains_one_run_and_resumes_under_plain_torchrun(tmp_path, works
 
     # Resume under a user's own torchrun, without --nproc: RANK/WORLD_SIZE/LOCAL_RANK come from the environment
     # (--nproc only starts this same command line).
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "maasctl", "train", "--resume", "d", "--set", "train.epochs=4", "--device", "cpu", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "maasctl",
+        "train",
+        "--resume",
+        "d",
+        "--set",
+        "train.epochs=4",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     again = json.loads(proc.stdout)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 LOCAL = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml") if "maasctl examples" in p.read_text().splitlines()[0])
@@ -37,8 +36,12 @@ def test_example_recipe_trains_and_exports(examples_dir, recipe):
     assert exported["top1_agreement"] == 1.0
     # The filed ONNX model, scored by onnxruntime alone, matches the PyTorch checkpoint's test accuracy (at most
     # one near-tie sample may flip between the two float32 implementations).
-    evaluated = json.loads(run_cli("evaluate", f"{exported['name']}:{exported['version']}", "--json", cwd=examples_dir).stdout)
-    assert abs(evaluated["metrics"]["accuracy"] - result["metrics"]["test_accuracy"]) <= 1 / evaluated["samples"] + 1e-12
+    evaluated = json.loads(
+        run_cli("evaluate", f"{exported['name']}:{exported['version']}", "--json", cwd=examples_dir).stdout
+    )
+    assert (
+        abs(evaluated["metrics"]["accuracy"] - result["metrics"]["test_accuracy"]) <= 1 / evaluated["samples"] + 1e-12
+    )
 
 
 @pytest.mark.parametrize("recipe", DOWNLOADED)

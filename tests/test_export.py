@@ -7,7 +7,6 @@ import shutil
 
 import onnx
 import pytest
-
 from conftest import run_cli
 
 

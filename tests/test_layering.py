@@ -19,7 +19,9 @@ WITHOUT_TRAIN_EXTRA = (
 
 
 def _without_train_extra(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_TRAIN_EXTRA, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def _modules_after(code: str) -> set[str]:

@@ -37,9 +37,17 @@ VARIANTS = {
 EXPORTER = {"lstm": "torchscript", "gru": "torchscript"}
 # Cases of 10 s and more on two cores, run with MAASCTL_SLOW_TESTS=1.
 SLOW_TRAIN = {"vit_b_16"}  # Adam over 86M weights
-SLOW_EXPORT = {"resnet50", "vit_b_16", "efficientnet_b0", "mobilenet_v3_large", "mobilenet_v3_small"}  # dynamo: 10-30 s each
+SLOW_EXPORT = {
+    "resnet50",
+    "vit_b_16",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+}  # dynamo: 10-30 s each
 SLOW_FILE = {"resnet50", "vit_b_16"}  # state_dict files of 90 and 340 MB
-slow = pytest.mark.skipif(os.environ.get("MAASCTL_SLOW_TESTS") != "1", reason="slow on CPU; MAASCTL_SLOW_TESTS=1 runs it")
+slow = pytest.mark.skipif(
+    os.environ.get("MAASCTL_SLOW_TESTS") != "1", reason="slow on CPU; MAASCTL_SLOW_TESTS=1 runs it"
+)
 
 
 def _cases(*, all_shapes: bool = False, small: bool = False, kinds: tuple[str, ...] | None = None, slow_for=()):
@@ -59,9 +67,18 @@ def _cases(*, all_shapes: bool = False, small: bool = False, kinds: tuple[str, .
     return out
 
 
-def _build(name: str, kind: str, shape: tuple[int, ...], params: dict | None = None, num_classes: int = NUM_CLASSES, seed: int = 0):
+def _build(
+    name: str,
+    kind: str,
+    shape: tuple[int, ...],
+    params: dict | None = None,
+    num_classes: int = NUM_CLASSES,
+    seed: int = 0,
+):
     torch.manual_seed(seed)
-    return create_model(name, input_shape=shape, num_classes=num_classes, input_kind=kind, vocab_size=VOCAB, **(params or {}))
+    return create_model(
+        name, input_shape=shape, num_classes=num_classes, input_kind=kind, vocab_size=VOCAB, **(params or {})
+    )
 
 
 def _inputs(kind: str, shape: tuple[int, ...], batch: int, length: int | None = None, seed: int = 1) -> torch.Tensor:
@@ -135,7 +152,9 @@ def _quiet_exporters():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
         warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-        warnings.filterwarnings("ignore", "Converting a tensor to a Python boolean", torch.jit.TracerWarning, r"torch\.nn\.modules\.rnn")
+        warnings.filterwarnings(
+            "ignore", "Converting a tensor to a Python boolean", torch.jit.TracerWarning, r"torch\.nn\.modules\.rnn"
+        )
         # A caution about initial states frozen at the example's batch size; the parity checks at batch 1 and 3 show
         # these models create theirs from the input.
         warnings.filterwarnings("ignore", "Exporting a model to ONNX with a batch_size other than 1", UserWarning)
@@ -149,7 +168,16 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, expor
             dims = {0: torch.export.Dim("batch", min=1, max=1024)}
             if sequence_axis:
                 dims[1] = torch.export.Dim("sequence", min=2, max=512)
-            torch.onnx.export(model, (example,), path, dynamo=True, dynamic_shapes=(dims,), external_data=False, verbose=False, **names)
+            torch.onnx.export(
+                model,
+                (example,),
+                path,
+                dynamo=True,
+                dynamic_shapes=(dims,),
+                external_data=False,
+                verbose=False,
+                **names,
+            )
         else:
             axes = {"input": {0: "batch", 1: "sequence"} if sequence_axis else {0: "batch"}, "logits": {0: "batch"}}
             torch.onnx.export(model, (example,), path, dynamo=False, dynamic_axes=axes, **names)
@@ -248,7 +276,9 @@ def test_padding_does_not_change_predictions(name, kind, shape, params):
     with torch.no_grad():
         alone = torch.cat([model(r.unsqueeze(0)) for r in rows])
         for layout, length in [("end", 12), ("end", 30), ("start", 16), ("between", 24)]:
-            torch.testing.assert_close(model(batch(layout, length)), alone, rtol=0, atol=1e-5, msg=f"padding at the {layout}")
+            torch.testing.assert_close(
+                model(batch(layout, length)), alone, rtol=0, atol=1e-5, msg=f"padding at the {layout}"
+            )
         all_padding = model(torch.zeros(2, 6, dtype=torch.int64))
     assert torch.isfinite(all_padding).all()
 
@@ -289,7 +319,9 @@ def test_pretrained_state_dict_round_trip(name, tmp_path):
         torch.testing.assert_close(v, fresh[k] if k in head else saved[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if "pretrained" in get_model_entry(n).params and n not in SLOW_FILE])
+@pytest.mark.parametrize(
+    "name", [n for n in list_models() if "pretrained" in get_model_entry(n).params and n not in SLOW_FILE]
+)
 def test_pretrained_problems_are_usage_errors_naming_the_file(name, tmp_path):
     shape = SHAPES["image"][-1]
     missing = tmp_path / "nowhere.pt"

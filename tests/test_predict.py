@@ -14,13 +14,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import free_port, start_server, stop_server
 from PIL import Image
 
-from conftest import free_port, start_server, stop_server
 from maasctl.errors import UsageError
 from maasctl.predict.command import main as predict_main
 
@@ -73,11 +74,16 @@ def kinds(tmp_path_factory, digits):
     return root, args, expected
 
 
-def cli(*args: str, cwd: Path | None = None, stdin: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path | None = None, stdin: bytes | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """The real `maasctl predict` in a subprocess; text output, any exit code."""
     proc = subprocess.run(
         [sys.executable, "-m", "maasctl", "predict", *args],
-        cwd=cwd, input=stdin, capture_output=True, timeout=120,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
@@ -138,7 +144,9 @@ def test_recursive_glob_and_folder_take_only_image_and_tensor_files(kinds, digit
 
 def test_stdin_list_of_paths(kinds, digits, model_repo):
     root, _, expected = kinds
-    paths = "\n".join(["images/" + p.split("/", 1)[1] for p in expected if p.startswith("images/")][:3] + ["", "nested.json"])
+    paths = "\n".join(
+        ["images/" + p.split("/", 1)[1] for p in expected if p.startswith("images/")][:3] + ["", "nested.json"]
+    )
     proc = cli("digits", "-", "--repo", str(model_repo), "--json", cwd=root, stdin=paths.encode())
     assert proc.returncode == 0, proc.stderr
     assert [p["input"] for p in json.loads(proc.stdout)["predictions"]] == [p for p in paths.splitlines() if p]
@@ -215,7 +223,9 @@ def test_bad_inputs_get_one_line_each_and_the_rest_are_predicted(kinds, digits, 
     (tmp_path / "notes.txt").write_text("hello")
     np.save(tmp_path / "wrong.npy", np.zeros((3, 8), np.float32))
     good = str(root / "single.npy")
-    bad = [str(tmp_path / n) for n in ("garbage.png", "notes.txt", "wrong.npy", "missing.png")] + [str(tmp_path / "*.jpg")]
+    bad = [str(tmp_path / n) for n in ("garbage.png", "notes.txt", "wrong.npy", "missing.png")] + [
+        str(tmp_path / "*.jpg")
+    ]
     proc = cli("digits", bad[0], good, *bad[1:], "--repo", str(model_repo), "--json")
     assert proc.returncode == 2
     errors = error_lines(proc.stderr)
@@ -233,7 +243,9 @@ def test_fail_fast_stops_at_the_first_bad_input(kinds, model_repo, tmp_path, cap
     root, _, _ = kinds
     (tmp_path / "bad.png").write_bytes(b"nope")
     args = [str(root / "single.npy"), str(tmp_path / "bad.png"), str(root / "batch.npy")]
-    code, out, err = run(capsys, "digits", *args, "--repo", str(model_repo), "--json", "--batch-size", "1", "--fail-fast")
+    code, out, err = run(
+        capsys, "digits", *args, "--repo", str(model_repo), "--json", "--batch-size", "1", "--fail-fast"
+    )
     assert code == 2 and len(error_lines(err)) == 1
     doc = json.loads(out)
     assert [p["input"] for p in doc["predictions"]] == [args[0]] and doc["summary"]["stopped_early"]
@@ -242,8 +254,14 @@ def test_fail_fast_stops_at_the_first_bad_input(kinds, model_repo, tmp_path, cap
 
 
 def test_usage_errors_exit_2_before_any_work(model_repo, capsys):
-    for args in (["--no-such-option"], ["--json", "--format", "csv"], ["--min-accuracy", "0.9"], ["--top-k", "0"],
-                 ["--expect", "3", "--labels-from-folders"], ["--expect", "3", "--min-accuracy", "1.5"]):
+    for args in (
+        ["--no-such-option"],
+        ["--json", "--format", "csv"],
+        ["--min-accuracy", "0.9"],
+        ["--top-k", "0"],
+        ["--expect", "3", "--labels-from-folders"],
+        ["--expect", "3", "--min-accuracy", "1.5"],
+    ):
         code, out, err = run(capsys, "digits", "x.png", "--repo", str(model_repo), *args)
         assert code == 2 and out == "" and "usage: maasctl predict" in err, args
     code, _, err = run(capsys, "digits", "x.png", "--repo", str(model_repo), "--expect", "cat")
@@ -280,7 +298,13 @@ def test_token_wrong_or_missing_exits_3_right_one_predicts(kinds, model_repo):
 def test_help_documents_exit_codes():
     text = cli("--help").stdout
     assert "exit codes:" in text
-    for line in ("0  every input", "1  the gate failed", "2  usage or input error", "3  model or server unavailable", "401/403"):
+    for line in (
+        "0  every input",
+        "1  the gate failed",
+        "2  usage or input error",
+        "3  model or server unavailable",
+        "401/403",
+    ):
         assert line in text
 
 
@@ -314,7 +338,9 @@ def test_labels_file_csv_and_json_with_min_accuracy(kinds, digits, model_repo, c
     monkeypatch.chdir(tmp_path)  # the labels file's paths are relative to its own folder
     labels = digits["labels"]
     wrong = str((int(labels[1]) + 1) % 10)
-    (root / "labels.csv").write_text("input,label\n" + "".join(f"batch.npy[{i}],{labels[i] if i != 1 else wrong}\n" for i in range(N)))
+    (root / "labels.csv").write_text(
+        "input,label\n" + "".join(f"batch.npy[{i}],{labels[i] if i != 1 else wrong}\n" for i in range(N))
+    )
     (root / "labels.json").write_text(json.dumps({"batch.npy": labels}))
     base = ["digits", str(root / "batch.npy"), "--repo", str(model_repo), "--json"]
 
@@ -333,7 +359,15 @@ def test_labels_file_csv_and_json_with_min_accuracy(kinds, digits, model_repo, c
 def test_labels_file_that_names_no_input_is_an_error(kinds, model_repo, capsys, tmp_path):
     root, _, _ = kinds
     (tmp_path / "labels.csv").write_text("elsewhere.png,3\n")
-    code, _, err = run(capsys, "digits", str(root / "single.npy"), "--repo", str(model_repo), "--labels-file", str(tmp_path / "labels.csv"))
+    code, _, err = run(
+        capsys,
+        "digits",
+        str(root / "single.npy"),
+        "--repo",
+        str(model_repo),
+        "--labels-file",
+        str(tmp_path / "labels.csv"),
+    )
     assert code == 2 and "no input has an expected label" in err
 
 
@@ -343,8 +377,8 @@ def test_labels_file_that_names_no_input_is_an_error(kinds, model_repo, capsys, 
 class _StubServer(http.server.BaseHTTPRequestHandler):
     """An Open Inference Protocol server that records requests and answers label 7 in binary."""
 
-    seen: list = []
-    manifest: dict = {}
+    seen: ClassVar[list] = []
+    manifest: ClassVar[dict] = {}
 
     def do_GET(self) -> None:
         self.seen.append((self.command, self.path, dict(self.headers), b""))
@@ -357,8 +391,19 @@ class _StubServer(http.server.BaseHTTPRequestHandler):
         n = header["inputs"][0]["shape"][0]
         logits = np.zeros((n, 10), "<f4")
         logits[:, 7] = 5
-        out = json.dumps({"model_name": "digits", "outputs": [
-            {"name": "logits", "datatype": "FP32", "shape": [n, 10], "parameters": {"binary_data_size": logits.nbytes}}]}).encode()
+        out = json.dumps(
+            {
+                "model_name": "digits",
+                "outputs": [
+                    {
+                        "name": "logits",
+                        "datatype": "FP32",
+                        "shape": [n, 10],
+                        "parameters": {"binary_data_size": logits.nbytes},
+                    }
+                ],
+            }
+        ).encode()
         self._reply(200, out + logits.tobytes(), {"Inference-Header-Content-Length": str(len(out))})
 
     def _reply(self, status: int, body: bytes, headers: dict) -> None:
@@ -380,8 +425,17 @@ def test_remote_sends_binary_tensors_and_the_token(kinds, model_repo, digits):
     thread = threading.Thread(target=stub.serve_forever, daemon=True)
     thread.start()
     try:
-        proc = cli("digits:1", "batch.npy", "--url", f"http://127.0.0.1:{stub.server_address[1]}", "--json",
-                   "--batch-size", "4", cwd=root, env={"MAASCTL_TOKEN": "tok"})
+        proc = cli(
+            "digits:1",
+            "batch.npy",
+            "--url",
+            f"http://127.0.0.1:{stub.server_address[1]}",
+            "--json",
+            "--batch-size",
+            "4",
+            cwd=root,
+            env={"MAASCTL_TOKEN": "tok"},
+        )
     finally:
         stub.shutdown()
         stub.server_close()
@@ -393,7 +447,12 @@ def test_remote_sends_binary_tensors_and_the_token(kinds, model_repo, digits):
     _, _, headers, body = infers[0]
     split = int(headers["Inference-Header-Content-Length"])
     sent = json.loads(body[:split])["inputs"][0]
-    assert sent == {"name": "input", "shape": [4, 1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": 4 * 64 * 4}}
+    assert sent == {
+        "name": "input",
+        "shape": [4, 1, 8, 8],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": 4 * 64 * 4},
+    }
     assert json.loads(body[:split])["outputs"] == [{"name": "logits", "parameters": {"binary_data": True}}]
     np.testing.assert_array_equal(np.frombuffer(body[split:], "<f4").reshape(4, 1, 8, 8), digits["x"][:4])
 
@@ -402,8 +461,11 @@ def test_progress_bar_only_when_stderr_is_a_terminal(model_repo, digits, tmp_pat
     for i in range(120):
         Image.fromarray(digits["raw"][i % N]).save(tmp_path / f"{i:03d}.png")
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "maasctl", "predict", "digits", str(tmp_path), "--repo", str(model_repo), "--json"],
-                            stdout=subprocess.PIPE, stderr=slave)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maasctl", "predict", "digits", str(tmp_path), "--repo", str(model_repo), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
     os.close(slave)
     terminal = b""
     while True:
@@ -474,7 +536,9 @@ class _SlowTarget:
 
 @pytest.mark.parametrize("fail_fast", [False, True])
 @pytest.mark.parametrize("fail", ["none", "batch", "fatal"])
-def test_reading_ahead_while_a_batch_runs_changes_nothing_but_the_timing(kinds, model_repo, tmp_path, monkeypatch, fail, fail_fast):
+def test_reading_ahead_while_a_batch_runs_changes_nothing_but_the_timing(
+    kinds, model_repo, tmp_path, monkeypatch, fail, fail_fast
+):
     """Problems, progress, --fail-fast and a fatal error happen in input order, as with no read-ahead."""
     from maasctl.errors import Unavailable
     from maasctl.predict import engine
@@ -484,7 +548,9 @@ def test_reading_ahead_while_a_batch_runs_changes_nothing_but_the_timing(kinds, 
     images = sorted(str(p) for p in (root / "images").rglob("*.png"))
     (tmp_path / "bad.png").write_bytes(b"nope")
     bad = str(tmp_path / "bad.png")
-    inputs = images[:3] + [bad, str(root / "batch.npy"), str(tmp_path / "missing.png")] + images[3:] + [bad] + images * 2
+    inputs = (
+        images[:3] + [bad, str(root / "batch.npy"), str(tmp_path / "missing.png")] + images[3:] + [bad] + images * 2
+    )
     manifest = json.loads((model_repo / "digits" / "1" / "model.json").read_text())
     failures = {"none": {}, "batch": {3: UsageError("refused")}, "fatal": {4: Unavailable("gone")}}[fail]
 
@@ -502,10 +568,22 @@ def test_reading_ahead_while_a_batch_runs_changes_nothing_but_the_timing(kinds, 
         events: list = []
         target = _SlowTarget(manifest, failures)
         out = engine.run_predictions(
-            target, expand_inputs(inputs), batch_size=4, top_k=2, fail_fast=fail_fast,
-            on_problem=lambda p: events.append(("problem", p.input, p.message)), on_source=lambda: events.append("source"),
+            target,
+            expand_inputs(inputs),
+            batch_size=4,
+            top_k=2,
+            fail_fast=fail_fast,
+            on_problem=lambda p: events.append(("problem", p.input, p.message)),
+            on_source=lambda: events.append("source"),
         )
-        return [(p.input, p.label, p.top_k) for p in out.predictions], out.problems, out.fatal, out.stopped, events, target
+        return (
+            [(p.input, p.label, p.top_k) for p in out.predictions],
+            out.problems,
+            out.fatal,
+            out.stopped,
+            events,
+            target,
+        )
 
     *ahead, target = outcome(read_ahead=True)
     *plain, sequential = outcome(read_ahead=False)
@@ -530,11 +608,16 @@ def rows_and_texts(tmp_path_factory):
     recipes = Path(__file__).resolve().parent.parent / "recipes"
 
     def train_and_export(recipe: str, epochs: int) -> None:  # the two models side by side: most of it is start-up
-        run = json.loads(run_cli("train", str(recipes / recipe), "--set", f"train.epochs={epochs}", "--json", cwd=ws).stdout)
+        run = json.loads(
+            run_cli("train", str(recipes / recipe), "--set", f"train.epochs={epochs}", "--json", cwd=ws).stdout
+        )
         run_cli("export", run["run_dir"], "--exporter", "torchscript", "--json", cwd=ws)
 
     with ThreadPoolExecutor(2) as pool:
-        for done in [pool.submit(train_and_export, "iris_mlp.yaml", 30), pool.submit(train_and_export, "reviews_gru.yaml", 3)]:
+        for done in [
+            pool.submit(train_and_export, "iris_mlp.yaml", 30),
+            pool.submit(train_and_export, "reviews_gru.yaml", 3),
+        ]:
             done.result()
     srv = start_server(ws / "artifacts" / "models")
     yield ws, srv
@@ -548,7 +631,9 @@ def _predict_rows(ws: Path, *args: str) -> tuple[int, dict]:
 
 def test_csv_rows_local_match_labels_and_server(rows_and_texts):
     ws, srv = rows_and_texts
-    code, local = _predict_rows(ws, "iris-mlp", "data/examples/iris.csv", "--labels-from-column", "--min-accuracy", "85%")
+    code, local = _predict_rows(
+        ws, "iris-mlp", "data/examples/iris.csv", "--labels-from-column", "--min-accuracy", "85%"
+    )
     assert code == 0, local["errors"]
     assert local["summary"]["predicted"] == 150 and local["summary"]["accuracy"] >= 0.85
     assert local["predictions"][0]["input"] == "data/examples/iris.csv[0]"  # 0-based data rows
@@ -558,13 +643,17 @@ def test_csv_rows_local_match_labels_and_server(rows_and_texts):
     code, remote = _predict_rows(ws, "iris-mlp", "data/examples/iris.csv", "--url", srv.url)
     assert code == 0, remote["errors"]
     assert [p["label"] for p in remote["predictions"]] == [p["label"] for p in local["predictions"]]
-    assert np.allclose([p["probability"] for p in remote["predictions"]], [p["probability"] for p in local["predictions"]], atol=1e-5)
+    assert np.allclose(
+        [p["probability"] for p in remote["predictions"]], [p["probability"] for p in local["predictions"]], atol=1e-5
+    )
 
 
 def test_csv_columns_by_name_and_bad_cells(rows_and_texts):
     ws, _ = rows_and_texts
     # columns in another order, an extra column: matched by header name
-    (ws / "shuffled.csv").write_text("note,petal_width_cm,petal_length_cm,sepal_width_cm,sepal_length_cm\nx,0.2,1.4,3.5,5.1\ny,2.5,6.0,3.3,6.3\n")
+    (ws / "shuffled.csv").write_text(
+        "note,petal_width_cm,petal_length_cm,sepal_width_cm,sepal_length_cm\nx,0.2,1.4,3.5,5.1\ny,2.5,6.0,3.3,6.3\n"
+    )
     code, doc = _predict_rows(ws, "iris-mlp", "shuffled.csv")
     assert code == 0 and [p["label"] for p in doc["predictions"]] == ["setosa", "virginica"]
     (ws / "missing.csv").write_text("sepal_length_cm,petal_length_cm\n5.1,1.4\n")
@@ -572,18 +661,32 @@ def test_csv_columns_by_name_and_bad_cells(rows_and_texts):
     assert code == 2 and not doc["predictions"]
     assert len(doc["errors"]) == 1 and "missing.csv" in doc["errors"][0]["error"]
     assert "sepal_width_cm, petal_width_cm" in doc["errors"][0]["error"]
-    (ws / "cells.csv").write_text("sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n5.1,3.5,1.4,0.2\n5.1,abc,1.4,0.2\n6.3,3.3,6.0,2.5\n")
+    (ws / "cells.csv").write_text(
+        "sepal_length_cm,sepal_width_cm,petal_length_cm,petal_width_cm\n5.1,3.5,1.4,0.2\n5.1,abc,1.4,0.2\n6.3,3.3,6.0,2.5\n"
+    )
     code, doc = _predict_rows(ws, "iris-mlp", "cells.csv")
     assert code == 2
     assert [p["input"] for p in doc["predictions"]] == ["cells.csv[0]", "cells.csv[2]"]
     assert doc["errors"][0]["input"] == "cells.csv[1]"
-    assert "sepal_width_cm" in doc["errors"][0]["error"] and "'abc'" in doc["errors"][0]["error"] and "line 3" in doc["errors"][0]["error"]
+    assert (
+        "sepal_width_cm" in doc["errors"][0]["error"]
+        and "'abc'" in doc["errors"][0]["error"]
+        and "line 3" in doc["errors"][0]["error"]
+    )
 
 
 def test_texts_local_and_remote_agree(rows_and_texts):
     ws, srv = rows_and_texts
     (ws / "reviews.txt").write_text("The lamp is sturdy and quiet.\n\nThis kettle is not sturdy at all\n")
-    args = ("reviews-gru", "reviews.txt", "data/examples/reviews.jsonl", "--text", "not useful", "--text", "great blender")
+    args = (
+        "reviews-gru",
+        "reviews.txt",
+        "data/examples/reviews.jsonl",
+        "--text",
+        "not useful",
+        "--text",
+        "great blender",
+    )
     code, local = _predict_rows(ws, *args)
     assert code == 0, local["errors"]
     names = [p["input"] for p in local["predictions"]]
@@ -592,9 +695,13 @@ def test_texts_local_and_remote_agree(rows_and_texts):
     assert {p["label"] for p in local["predictions"]} <= {"negative", "positive"}
     code, remote = _predict_rows(ws, *args, "--url", srv.url)
     assert code == 0, remote["errors"]
-    assert [(p["input"], p["label"]) for p in remote["predictions"]] == [(p["input"], p["label"]) for p in local["predictions"]]
+    assert [(p["input"], p["label"]) for p in remote["predictions"]] == [
+        (p["input"], p["label"]) for p in local["predictions"]
+    ]
     # the JSONL's own labels gate it
-    code, gated = _predict_rows(ws, "reviews-gru", "data/examples/reviews.jsonl", "--labels-from-column", "--min-accuracy", "0.5")
+    code, gated = _predict_rows(
+        ws, "reviews-gru", "data/examples/reviews.jsonl", "--labels-from-column", "--min-accuracy", "0.5"
+    )
     assert gated["summary"]["labelled"] == 800 and code in (0, 1)
 
 
@@ -610,7 +717,18 @@ def test_inputs_the_model_does_not_take(rows_and_texts, model_repo):
     assert code == 2 and all("the model takes texts" in e["error"] for e in doc["errors"])
     assert "iris.csv" in doc["errors"][0]["error"]
     # an image model refuses rows and texts, naming what it takes
-    proc = run_cli("predict", "digits", "data/examples/iris.csv", "--text", "hi", "--repo", str(model_repo), "--json", cwd=ws, check=False)
+    proc = run_cli(
+        "predict",
+        "digits",
+        "data/examples/iris.csv",
+        "--text",
+        "hi",
+        "--repo",
+        str(model_repo),
+        "--json",
+        cwd=ws,
+        check=False,
+    )
     assert proc.returncode == 2
     assert all("the model takes images" in e["error"] for e in json.loads(proc.stdout)["errors"])
     proc = run_cli("predict", "iris-mlp", "--repo", str(ws / "artifacts" / "models"), cwd=ws, check=False)

@@ -76,14 +76,20 @@ JSON_DATATYPES = NUMERIC
 
 @pytest.mark.parametrize(
     "datatype, flat",
-    [("FP32", [0.5, -1.0, 2.0, 3.25, 4.0, -5.5]), ("INT64", [1, -2, 3, 4, -5, 6]), ("BOOL", [True, False, True, True, False, False])],
+    [
+        ("FP32", [0.5, -1.0, 2.0, 3.25, 4.0, -5.5]),
+        ("INT64", [1, -2, 3, 4, -5, 6]),
+        ("BOOL", [True, False, True, True, False, False]),
+    ],
 )
 def test_flat_and_nested_json_data_give_the_same_array(datatype: str, flat: list[Any]) -> None:
     sig = signature(("x", datatype, (-1, 3)))
     nested = [flat[:3], flat[3:]]
     arrays = []
     for data in (flat, nested):
-        request = decode_request(*json_request({"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 3], "data": data}]}), sig)
+        request = decode_request(
+            *json_request({"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 3], "data": data}]}), sig
+        )
         arrays.append(request.inputs["x"])
     assert arrays[0].shape == arrays[1].shape == (2, 3)
     assert arrays[0].dtype == arrays[1].dtype == DATATYPES[datatype]
@@ -114,7 +120,9 @@ def test_every_numeric_datatype_round_trips_through_binary(datatype: str) -> Non
     raw = le_bytes(values)
     assert len(raw) == values.size * DATATYPES[datatype].itemsize  # BOOL is one byte, no padding anywhere
     sig = signature(("x", datatype, (-1, 3)))
-    doc = {"inputs": [{"name": "x", "datatype": datatype, "shape": [2, 3], "parameters": {"binary_data_size": len(raw)}}]}
+    doc = {
+        "inputs": [{"name": "x", "datatype": datatype, "shape": [2, 3], "parameters": {"binary_data_size": len(raw)}}]
+    }
 
     decoded = decode_request(*binary_request(doc, raw), sig).inputs["x"]
     assert decoded.dtype == DATATYPES[datatype]
@@ -159,7 +167,11 @@ def test_bytes_binary_uses_a_little_endian_length_prefix_per_element() -> None:
 
 @pytest.mark.parametrize(
     "raw, match",
-    [(b"\x03\x00\x00", "'s'.*truncated"), (b"\x05\x00\x00\x00abc", "'s'.*overruns"), (b"\x00\x00\x00\x03abc", "'s'.*overruns")],
+    [
+        (b"\x03\x00\x00", "'s'.*truncated"),
+        (b"\x05\x00\x00\x00abc", "'s'.*overruns"),
+        (b"\x00\x00\x00\x03abc", "'s'.*overruns"),
+    ],
     ids=["truncated-prefix", "element-overrun", "big-endian-prefix"],
 )
 def test_malformed_bytes_binary_is_rejected(raw: bytes, match: str) -> None:
@@ -221,26 +233,66 @@ ERRORS = [
     ("negative-dim", json_request({"inputs": [x_with(shape=[-1, 3]), K]}), r"input 'x': shape must be"),
     ("non-integer-dim", json_request({"inputs": [x_with(shape=[2.0, 3]), K]}), r"input 'x': shape must be"),
     ("wrong-datatype", json_request({"inputs": [x_with(datatype="FP64"), K]}), r"input 'x': datatype FP64 given.*FP32"),
-    ("unknown-datatype", json_request({"inputs": [x_with(datatype="FLOAT"), K]}), r"input 'x': unknown datatype 'FLOAT'"),
+    (
+        "unknown-datatype",
+        json_request({"inputs": [x_with(datatype="FLOAT"), K]}),
+        r"input 'x': unknown datatype 'FLOAT'",
+    ),
     ("unknown-input", json_request({"inputs": [x_with(name="q"), K]}), r"unknown input 'q'"),
     ("missing-input", json_request({"inputs": [X]}), r"missing input\(s\) k"),
     ("input-twice", json_request({"inputs": [X, K, X]}), r"input 'x' is given twice"),
     ("ragged", json_request({"inputs": [x_with(data=[[1, 2, 3], [4, 5]]), K]}), r"input 'x': .*ragged"),
-    ("too-few-values", json_request({"inputs": [x_with(data=[1, 2, 3, 4, 5]), K]}), r"input 'x': 5 values for shape \[2, 3\]"),
-    ("too-many-values", json_request({"inputs": [x_with(data=[[1, 2, 3]] * 3), K]}), r"input 'x': 9 values for shape \[2, 3\]"),
-    ("strings-for-fp32", json_request({"inputs": [x_with(data=["1", "2", "3", "4", "5", "6"]), K]}), r"input 'x': .*numbers"),
+    (
+        "too-few-values",
+        json_request({"inputs": [x_with(data=[1, 2, 3, 4, 5]), K]}),
+        r"input 'x': 5 values for shape \[2, 3\]",
+    ),
+    (
+        "too-many-values",
+        json_request({"inputs": [x_with(data=[[1, 2, 3]] * 3), K]}),
+        r"input 'x': 9 values for shape \[2, 3\]",
+    ),
+    (
+        "strings-for-fp32",
+        json_request({"inputs": [x_with(data=["1", "2", "3", "4", "5", "6"]), K]}),
+        r"input 'x': .*numbers",
+    ),
     ("no-data", json_request({"inputs": [x_with(data=None), K]}), r"input 'x': no 'data'"),
-    ("int-overflow", json_request({"inputs": [X, {**K, "data": [7, 40000]}]}), r"input 'k': values out of range for INT16"),
-    ("float-for-int", json_request({"inputs": [X, {**K, "data": [7, 8.5]}]}), r"input 'k': INT16 data must be integers"),
+    (
+        "int-overflow",
+        json_request({"inputs": [X, {**K, "data": [7, 40000]}]}),
+        r"input 'k': values out of range for INT16",
+    ),
+    (
+        "float-for-int",
+        json_request({"inputs": [X, {**K, "data": [7, 8.5]}]}),
+        r"input 'k': INT16 data must be integers",
+    ),
     ("binary-size-overrun", binary_x(24, X_BYTES[:20]), r"input 'x': binary_data_size 24 overruns"),
-    ("binary-size-without-binary", json_request({"inputs": [x_with(data=None, parameters={"binary_data_size": 24}), K]}), r"input 'x': binary_data_size"),
+    (
+        "binary-size-without-binary",
+        json_request({"inputs": [x_with(data=None, parameters={"binary_data_size": 24}), K]}),
+        r"input 'x': binary_data_size",
+    ),
     ("binary-size-negative", binary_x(-4, X_BYTES), r"input 'x': binary_data_size -4"),
     ("binary-partial-value", binary_x(23, X_BYTES[:23]), r"input 'x': 23 bytes is not a whole number of FP32"),
     ("binary-wrong-count", binary_x(20, X_BYTES[:20]), r"input 'x': binary data holds 5 values"),
     ("binary-trailing-bytes", binary_x(24, X_BYTES + b"\x00" * 4), r"4 bytes of binary data .* belong to none"),
-    ("header-not-integer", (orjson.dumps({"inputs": [X, K]}), "twelve"), r"Inference-Header-Content-Length must be a non-negative integer"),
-    ("header-negative", (orjson.dumps({"inputs": [X, K]}), "-1"), r"Inference-Header-Content-Length must be a non-negative integer, got .-1."),
-    ("header-past-body", (b'{"inputs": []}', "15"), r"Inference-Header-Content-Length 15 is outside the body's 14 bytes"),
+    (
+        "header-not-integer",
+        (orjson.dumps({"inputs": [X, K]}), "twelve"),
+        r"Inference-Header-Content-Length must be a non-negative integer",
+    ),
+    (
+        "header-negative",
+        (orjson.dumps({"inputs": [X, K]}), "-1"),
+        r"Inference-Header-Content-Length must be a non-negative integer, got .-1.",
+    ),
+    (
+        "header-past-body",
+        (b'{"inputs": []}', "15"),
+        r"Inference-Header-Content-Length 15 is outside the body's 14 bytes",
+    ),
     ("header-cuts-json", (orjson.dumps({"inputs": [X, K]}), "10"), r"not valid JSON"),
     ("raw-two-inputs", (X_BYTES, "0"), r"raw binary request .* exactly one input"),
     ("not-json", (b"inputs: x", None), r"not valid JSON"),
@@ -249,12 +301,18 @@ ERRORS = [
     ("input-not-object", json_request({"inputs": [X, "k"]}), r"inputs\[1\] must be an object"),
     ("unknown-output", json_request({"inputs": [X, K], "outputs": [{"name": "w"}]}), r"unknown output 'w'"),
     ("id-not-string", json_request({"id": 7, "inputs": [X, K]}), r"'id' must be a string"),
-    ("parameters-not-object", json_request({"inputs": [x_with(parameters=[1]), K]}), r"input 'x' parameters must be an object"),
+    (
+        "parameters-not-object",
+        json_request({"inputs": [x_with(parameters=[1]), K]}),
+        r"input 'x' parameters must be an object",
+    ),
 ]
 
 
 @pytest.mark.parametrize("request_, match", [pytest.param(r, m, id=i) for i, r, m in ERRORS])
-def test_malformed_requests_raise_invalid_input_naming_the_problem(request_: tuple[bytes, str | None], match: str) -> None:
+def test_malformed_requests_raise_invalid_input_naming_the_problem(
+    request_: tuple[bytes, str | None], match: str
+) -> None:
     with pytest.raises(InvalidInput, match=match) as info:
         decode_request(*request_, SIG)
     assert info.value.status == 400
@@ -262,7 +320,16 @@ def test_malformed_requests_raise_invalid_input_naming_the_problem(request_: tup
 
 @pytest.mark.parametrize(
     "datatype, value",
-    [("UINT8", 300), ("UINT8", -1), ("INT8", 128), ("INT8", -129), ("UINT16", 65536), ("INT32", 2**31), ("INT64", 2**63), ("UINT64", -1)],
+    [
+        ("UINT8", 300),
+        ("UINT8", -1),
+        ("INT8", 128),
+        ("INT8", -129),
+        ("UINT16", 65536),
+        ("INT32", 2**31),
+        ("INT64", 2**63),
+        ("UINT64", -1),
+    ],
 )
 def test_integers_out_of_range_are_rejected_not_wrapped(datatype: str, value: int) -> None:
     doc = {"inputs": [{"name": "n", "datatype": datatype, "shape": [2], "data": [1, value]}]}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli
+
 from maasctl.recipe import RecipeError, load_recipe
 
 
@@ -81,7 +81,9 @@ def test_recipe_show_prints_defaults_and_schema_is_json_schema():
     shown = yaml.safe_load(run_cli("recipe", "show", "--set", "train.epochs=4").stdout)
     assert shown["train"]["epochs"] == 4
     assert shown["train"]["optimizer"]["name"] == "adamw"  # a default, filled in
-    assert shown == yaml.safe_load(run_cli("recipe", "show", str(ROOT / "recipes" / "digits_cnn.yaml"), "--set", "train.epochs=4").stdout)
+    assert shown == yaml.safe_load(
+        run_cli("recipe", "show", str(ROOT / "recipes" / "digits_cnn.yaml"), "--set", "train.epochs=4").stdout
+    )
     schema = json.loads(run_cli("recipe", "schema").stdout)
     assert schema["additionalProperties"] is False
     assert {"name", "data", "model", "train", "export"} <= set(schema["properties"])

@@ -12,7 +12,9 @@ from test_serve_batching import http
 from tritonclient.utils import InferenceServerException
 
 TOKEN = "s3cret-token"
-BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}).encode()
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
+).encode()
 PROTECTED = [
     ("GET", "/v2"),
     ("GET", "/v2/models/digits"),
@@ -23,7 +25,10 @@ PROTECTED = [
     ("POST", "/v2/models/digits/versions/1/infer"),
     ("GET", "/metrics"),
     ("POST", "/v2/repository/index"),
-    ("POST", "/v2/repository/models/digits/load"),  # unload too: the check is by path, and unload would end the module's model
+    (
+        "POST",
+        "/v2/repository/models/digits/load",
+    ),  # unload too: the check is by path, and unload would end the module's model
 ]
 
 
@@ -63,7 +68,10 @@ def test_tritonclient_with_the_token_header(server):
     try:
         x = httpclient.InferInput("input", [2, 1, 8, 8], "FP32")
         x.set_data_from_numpy(np.zeros((2, 1, 8, 8), np.float32), binary_data=True)
-        assert client.infer("digits", [x], headers={"Authorization": f"Bearer {TOKEN}"}).as_numpy("logits").shape == (2, 10)
+        assert client.infer("digits", [x], headers={"Authorization": f"Bearer {TOKEN}"}).as_numpy("logits").shape == (
+            2,
+            10,
+        )
         with pytest.raises(InferenceServerException, match="authentication required"):
             client.infer("digits", [x])
         assert client.is_server_ready()  # health needs no header

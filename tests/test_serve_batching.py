@@ -15,9 +15,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -60,7 +61,9 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15) ->
         time.sleep(0.005)
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -69,13 +72,22 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-def infer(base: str, model: str, inputs: dict[str, np.ndarray], headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict[str, Any]]:
+def infer(
+    base: str, model: str, inputs: dict[str, np.ndarray], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     """A JSON infer request; returns status, headers and the document, with outputs turned into arrays."""
-    doc = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": "FP32", "data": a.ravel().tolist()} for n, a in inputs.items()]}
+    doc = {
+        "inputs": [
+            {"name": n, "shape": list(a.shape), "datatype": "FP32", "data": a.ravel().tolist()}
+            for n, a in inputs.items()
+        ]
+    }
     status, reply_headers, body = http("POST", f"{base}/v2/models/{model}/infer", json.dumps(doc).encode(), headers)
     reply = json.loads(body)
     if status == 200:
-        reply["arrays"] = {o["name"]: np.array(o["data"], dtype=np.float32).reshape(o["shape"]) for o in reply["outputs"]}
+        reply["arrays"] = {
+            o["name"]: np.array(o["data"], dtype=np.float32).reshape(o["shape"]) for o in reply["outputs"]
+        }
     return status, reply_headers, reply
 
 
@@ -161,13 +173,18 @@ def test_requests_queued_together_run_as_one_batch_and_each_gets_its_own_rows(mo
         first = pool.submit(infer, base, "digits", {"input": digits(1, 99)})
         assert gate.entered.wait(15), "the first request never reached the model"
         replies = [pool.submit(infer, base, "digits", {"input": x}) for x in xs]
-        wait_until(lambda: metric(scrape(base), "nv_inference_pending_request_count", model="digits") == len(sizes), "8 queued requests")
+        wait_until(
+            lambda: metric(scrape(base), "nv_inference_pending_request_count", model="digits") == len(sizes),
+            "8 queued requests",
+        )
         gate.open.set()
         assert first.result()[0] == 200
         for x, reply in zip(xs, replies):
             status, _, doc = reply.result()
             assert status == 200, doc
-            np.testing.assert_allclose(doc["arrays"]["logits"], digits_session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                doc["arrays"]["logits"], digits_session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5
+            )
         samples = scrape(base)
     labels = {"model": "digits", "version": "1"}
     assert metric(samples, "nv_inference_exec_count_total", **labels) == 2  # the gated one, then all eight together
@@ -191,7 +208,10 @@ def test_inputs_of_different_shapes_are_never_concatenated(tmp_path):
         replies = []
         for x in xs:  # one at a time, so the queue order is the order above
             replies.append(pool.submit(infer, base, "rowsum", {"x": x}))
-            wait_until(lambda: metric(scrape(base), "nv_inference_pending_request_count") == len(replies), "the request to queue")
+            wait_until(
+                lambda: metric(scrape(base), "nv_inference_pending_request_count") == len(replies),
+                "the request to queue",
+            )
         gate.open.set()
         assert first.result()[0] == 200
         for x, reply in zip(xs, replies):
@@ -225,7 +245,9 @@ def test_a_full_queue_answers_503_at_once_and_the_server_keeps_serving(model_rep
         x = digits(5, 4)
         status, _, doc = infer(base, "digits", {"input": x})
         assert status == 200
-        np.testing.assert_allclose(doc["arrays"]["logits"], digits_session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            doc["arrays"]["logits"], digits_session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_concurrent_tritonclient_requests_are_batched_and_answered_correctly(model_repo, digits_session):
@@ -245,7 +267,9 @@ def test_concurrent_tritonclient_requests_are_batched_and_answered_correctly(mod
             for i, (x, request) in enumerate(zip(xs, pending)):
                 result = request.get_result()
                 assert result.get_response()["id"] == f"r{i}"
-                np.testing.assert_allclose(result.as_numpy("logits"), digits_session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(
+                    result.as_numpy("logits"), digits_session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-5
+                )
         finally:
             client.close()
         samples = scrape(base)

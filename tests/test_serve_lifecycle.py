@@ -42,7 +42,10 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(model_repo):
     with ThreadPoolExecutor(len(xs)) as pool:
         replies = [pool.submit(infer, server.url, "digits", {"input": x}) for x in xs]
         try:
-            wait_until(lambda: metric(scrape(server.url), "nv_inference_pending_request_count", model="digits") == 4, "4 queued requests")
+            wait_until(
+                lambda: metric(scrape(server.url), "nv_inference_pending_request_count", model="digits") == 4,
+                "4 queued requests",
+            )
         finally:
             code, log = stop_server(server)
         results = [r.result() for r in replies]

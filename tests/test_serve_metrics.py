@@ -38,7 +38,11 @@ def test_metrics_count_requests_samples_executions_and_failures(server):
     assert metric(after, "nv_inference_request_failure_total", **LABELS) == 1
     assert metric(after, "nv_inference_count_total", **LABELS) == 8
     assert metric(after, "nv_inference_exec_count_total", **LABELS) == 3
-    for histogram in ("maasctl_inference_queue_seconds", "maasctl_inference_compute_seconds", "maasctl_inference_request_seconds"):
+    for histogram in (
+        "maasctl_inference_queue_seconds",
+        "maasctl_inference_compute_seconds",
+        "maasctl_inference_request_seconds",
+    ):
         assert metric(after, histogram + "_count", **LABELS) == 3, histogram
         assert metric(after, histogram + "_bucket", **LABELS, le="+Inf") == 3, histogram
         assert 0 < metric(after, histogram + "_sum", **LABELS) < 30, histogram
@@ -50,7 +54,9 @@ def test_each_app_counts_on_its_own(model_repo):
     a, b = load(model_repo), load(model_repo)
     import asyncio
 
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
+    ).encode()
     asyncio.run(a.infer("digits", None, body, None))
-    assert b"nv_inference_request_success_total{model=\"digits\",version=\"1\"} 1.0" in a.metrics.render()
-    assert b"nv_inference_request_success_total{model=\"digits\",version=\"1\"} 0.0" in b.metrics.render()
+    assert b'nv_inference_request_success_total{model="digits",version="1"} 1.0' in a.metrics.render()
+    assert b'nv_inference_request_success_total{model="digits",version="1"} 0.0' in b.metrics.render()

@@ -14,16 +14,16 @@ import shutil
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
+from conftest import file_onnx_model
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-
-from conftest import file_onnx_model
 from test_serve_batching import metric, scrape, serving
+
 from maasctl.predict import LocalTarget, predict
 from maasctl.preprocess import TextEncoder, normalize_features, tabular_spec, text_spec
 from maasctl.repository import ModelRepository
@@ -61,16 +61,24 @@ def repo(tmp_path_factory, model_repo) -> Path:
     root = tmp_path_factory.mktemp("predict") / "models"
     shutil.copytree(model_repo / "digits", root / "digits")
     file_onnx_model(
-        root, "rows", _matmul_model("rows", TensorProto.FLOAT, 2, 3, W_ROWS), task="classification",
+        root,
+        "rows",
+        _matmul_model("rows", TensorProto.FLOAT, 2, 3, W_ROWS),
+        task="classification",
         inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
         outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
-        labels=["x", "y", "z"], preprocessing=ROWS_SPEC,
+        labels=["x", "y", "z"],
+        preprocessing=ROWS_SPEC,
     )
     file_onnx_model(
-        root, "words", _matmul_model("words", TensorProto.INT64, 4, 2, W_TEXT), task="classification",
+        root,
+        "words",
+        _matmul_model("words", TensorProto.INT64, 4, 2, W_TEXT),
+        task="classification",
         inputs=[{"name": "input", "datatype": "INT64", "shape": [-1, 4]}],
         outputs=[{"name": "logits", "datatype": "FP32", "shape": [-1, 2]}],
-        labels=["neg", "pos"], preprocessing=TEXT_SPEC,
+        labels=["neg", "pos"],
+        preprocessing=TEXT_SPEC,
     )
     return root
 
@@ -80,14 +88,21 @@ def port(repo) -> Iterator[int]:
     dataplane = DataPlane(ModelRepository(repo), "cpu")
     dataplane.load_all()
     assert dataplane.ready, dataplane.failures
-    with serving(dataplane, max_body_bytes=MAX_BODY, token=TOKEN) as base:  # real uvicorn on a loopback port, in a thread
+    with serving(
+        dataplane, max_body_bytes=MAX_BODY, token=TOKEN
+    ) as base:  # real uvicorn on a loopback port, in a thread
         yield int(base.rsplit(":", 1)[1])
 
 
 def post(port: int, path: str, body: bytes, content_type: str | None, headers: dict | None = None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("POST", path, body=body, headers={**AUTH, **({"Content-Type": content_type} if content_type else {}), **(headers or {})})
+        conn.request(
+            "POST",
+            path,
+            body=body,
+            headers={**AUTH, **({"Content-Type": content_type} if content_type else {}), **(headers or {})},
+        )
         response = conn.getresponse()
         raw = response.read()
         assert response.getheader("content-type", "").startswith("application/json"), raw[:200]
@@ -96,7 +111,9 @@ def post(port: int, path: str, body: bytes, content_type: str | None, headers: d
         conn.close()
 
 
-def multipart(*parts: tuple[str, str | None, bytes], content_type: str = "application/octet-stream") -> tuple[bytes, str]:
+def multipart(
+    *parts: tuple[str, str | None, bytes], content_type: str = "application/octet-stream"
+) -> tuple[bytes, str]:
     """(field, filename or None for a plain field, data) parts -> body and its Content-Type, as curl -F sends them."""
     boundary = uuid.uuid4().hex
     out = io.BytesIO()
@@ -118,7 +135,11 @@ def bomb_png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def good_request_works(port: int) -> None:
@@ -135,7 +156,9 @@ def pngs(tmp_path_factory, repo) -> list[Path]:
     folder = tmp_path_factory.mktemp("pngs")
     paths = []
     for i, pixels in enumerate(raw):
-        Image.fromarray(pixels).resize((16, 16)).save(folder / f"digit{i}.png")  # resized back to 8x8 by the preprocessing
+        Image.fromarray(pixels).resize((16, 16)).save(
+            folder / f"digit{i}.png"
+        )  # resized back to 8x8 by the preprocessing
         paths.append(folder / f"digit{i}.png")
     return paths
 
@@ -155,7 +178,9 @@ def test_multipart_images_match_the_cli_local_engine(port, repo, pngs):
         assert served.keys() == expected.keys() and len(served["top_k"]) == 3
         assert served["label"] == expected["label"] and served["index"] == expected["index"]
         assert [t["label"] for t in served["top_k"]] == [t["label"] for t in expected["top_k"]]
-        np.testing.assert_allclose([t["probability"] for t in served["top_k"]], [t["probability"] for t in expected["top_k"]], atol=1e-6)
+        np.testing.assert_allclose(
+            [t["probability"] for t in served["top_k"]], [t["probability"] for t in expected["top_k"]], atol=1e-6
+        )
         assert served["probability"] == served["top_k"][0]["probability"]
     # the version path, and a raw image body
     status, one = post(port, "/v2/models/digits/versions/1/predict", pngs[0].read_bytes(), "image/png")
@@ -180,7 +205,12 @@ def test_csv_rows_raw_multipart_and_json(port):
     status, doc = post(port, "/v2/models/rows/predict?top_k=2", body, content_type)
     assert status == 200 and [p["input"] for p in doc["predictions"]] == ["rows.csv[0]", "rows.csv[1]", "rows.csv[2]"]
     assert [p["label"] for p in doc["predictions"]] == labels and all(len(p["top_k"]) == 2 for p in doc["predictions"])
-    status, doc = post(port, "/v2/models/rows/predict", json.dumps({"rows": [{"a": a, "b": b} for a, b in rows]}).encode(), "application/json")
+    status, doc = post(
+        port,
+        "/v2/models/rows/predict",
+        json.dumps({"rows": [{"a": a, "b": b} for a, b in rows]}).encode(),
+        "application/json",
+    )
     assert status == 200 and [p["label"] for p in doc["predictions"]] == labels, doc
 
 
@@ -188,7 +218,9 @@ def test_texts_raw_lines_form_fields_and_json(port):
     texts = ["Good film!", "bad bad film", "nothing\u2028known\nhere"]
     logits = TextEncoder(TEXT_SPEC)(texts).astype(np.float64) @ W_TEXT.astype(np.float64)
     labels = [["neg", "pos"][i] for i in logits.argmax(1)]
-    status, doc = post(port, "/v2/models/words/predict", ("\n".join(texts[:2]) + "\n\n").encode(), "text/plain")  # a line each
+    status, doc = post(
+        port, "/v2/models/words/predict", ("\n".join(texts[:2]) + "\n\n").encode(), "text/plain"
+    )  # a line each
     assert status == 200 and [p["label"] for p in doc["predictions"]] == labels[:2], doc
     assert [p["input"] for p in doc["predictions"]] == ["<body>[0]", "<body>[1]"]
     body, content_type = multipart(*[("text", None, t.encode()) for t in texts])  # curl -F text='...'
@@ -220,10 +252,19 @@ def test_npy_tensor_upload(port):
 def test_bad_inputs_are_400_naming_the_input(port, pngs):
     png = pngs[0].read_bytes()
     cases = [
-        ("digits", *multipart(("file", "seven.png", b"this is not a png"), ("file", "ok.png", png)), "seven.png: not a readable image"),
+        (
+            "digits",
+            *multipart(("file", "seven.png", b"this is not a png"), ("file", "ok.png", png)),
+            "seven.png: not a readable image",
+        ),
         ("digits", b"GIF89a nope", "image/gif", "<body>: not a readable image"),
         ("words", *multipart(("file", "three.png", png)), "three.png: read as an image, but the model takes texts"),
-        ("rows", b"hello\n", "text/plain", "texts are inputs for text models, but the model takes CSV rows with columns a, b"),
+        (
+            "rows",
+            b"hello\n",
+            "text/plain",
+            "texts are inputs for text models, but the model takes CSV rows with columns a, b",
+        ),
         ("digits", b"a,b\n1,2\n", "text/csv", "CSV rows are inputs for tabular models, but the model takes images"),
         ("rows", b"a,c\n1,2\n", "text/csv", "<body>: no column b"),
         ("rows", b"a,b\n1,2\n1,oops\n", "text/csv", "<body>[1] (line 3): column b: 'oops' is not a number"),
@@ -234,7 +275,7 @@ def test_bad_inputs_are_400_naming_the_input(port, pngs):
         ("rows", b"{nope", "application/json", "not valid JSON"),
         ("rows", b'{"rows": [1, 2]}', "application/json", '"rows" must be a list of objects'),
         ("words", b'{"texts": "one"}', "application/json", '"texts" must be a list of strings'),
-        ("words", b'\xff\xfe\x00bad', "text/plain", "not UTF-8 text"),
+        ("words", b"\xff\xfe\x00bad", "text/plain", "not UTF-8 text"),
         ("rows", *multipart(("top_k", None, b"3")), "top_k is a query parameter"),
         ("digits", *multipart(("file", None, b"seven.png")), "form field 'file' holds a value, not a file"),
         ("words", *multipart(("text", None, b"good"), ("text", None, b"  ")), "text[1]: an empty text"),
@@ -261,7 +302,9 @@ def test_bad_top_k_is_400(port, top_k):
     assert status == 400 and "top_k must be a whole number" in doc["error"], doc
     status, doc = post(port, "/v2/models/rows/predict?top_k=1&top_k=2", b"a,b\n1,2\n", "text/csv")
     assert status == 400 and "once" in doc["error"]
-    status, doc = post(port, "/v2/models/rows/predict?top_k=50", b"a,b\n1,2\n", "text/csv")  # more than the classes: all 3
+    status, doc = post(
+        port, "/v2/models/rows/predict?top_k=50", b"a,b\n1,2\n", "text/csv"
+    )  # more than the classes: all 3
     assert status == 200 and len(doc["predictions"][0]["top_k"]) == 3
 
 
@@ -282,7 +325,13 @@ def test_too_large_is_413_raw_or_multipart(port):
     assert status == 413 and "exceeds the limit" in doc["error"]
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # no Content-Length: counted as it streams
     chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))
-    conn.request("POST", "/v2/models/rows/predict", body=chunks, headers={**AUTH, "Content-Type": content_type}, encode_chunked=True)
+    conn.request(
+        "POST",
+        "/v2/models/rows/predict",
+        body=chunks,
+        headers={**AUTH, "Content-Type": content_type},
+        encode_chunked=True,
+    )
     response = conn.getresponse()
     assert response.status == 413 and "exceeds the limit of" in json.loads(response.read())["error"]
     conn.close()
@@ -323,7 +372,10 @@ def test_one_request_counts_once_in_the_metrics_and_bad_input_counts_as_failure(
     assert post(port, "/v2/models/rows/predict", b"a,b\n" + rows.encode(), "text/csv")[0] == 200
     assert post(port, "/v2/models/rows/predict", b"a,c\n1,2\n", "text/csv")[0] == 400  # no column b
     after = scrape(base, AUTH)
-    delta = lambda name, **labels: metric(after, name, model="rows", **labels) - metric(before, name, model="rows", **labels)  # noqa: E731
+
+    def delta(name, **labels):
+        return metric(after, name, model="rows", **labels) - metric(before, name, model="rows", **labels)
+
     assert delta("nv_inference_request_success_total") == 1
     assert delta("nv_inference_request_failure_total", reason="OTHER") == 1
     assert delta("nv_inference_count_total") == 300

@@ -40,7 +40,10 @@ def file_adder(repo: Path, version: int, corrupt: bool = False) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     # Staged and renamed into place, as export files a version: a polling server never sees half a version.
     staged = file_onnx_model(
-        repo.parent / f".staging-{repo.name}-{version}", "adder", model, version=version,
+        repo.parent / f".staging-{repo.name}-{version}",
+        "adder",
+        model,
+        version=version,
         inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
         outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
     )
@@ -58,7 +61,7 @@ def served_by(base: str, version: str | None = None) -> int:
     path = "adder" if version is None else f"adder/versions/{version}"
     status, _, reply = infer(base, path, {"x": X})
     assert status == 200, reply
-    return int(round(float((reply["arrays"]["y"] - X)[0, 0])))
+    return round(float((reply["arrays"]["y"] - X)[0, 0]))
 
 
 def dataplane(repo: Path, policy: str = "latest") -> DataPlane:
@@ -178,7 +181,10 @@ def test_polling_loads_new_versions_and_drops_removed_models(repo):
         file_adder(repo, 2)
         wait_until(lambda: served_by(base) == 2, "polling to serve version 2")
         file_adder(repo, 3, corrupt=True)
-        wait_until(lambda: index(base).get("3", ("",))[0] == "UNAVAILABLE" and "sha256" in index(base)["3"][1], "version 3 to be reported broken")
+        wait_until(
+            lambda: index(base).get("3", ("",))[0] == "UNAVAILABLE" and "sha256" in index(base)["3"][1],
+            "version 3 to be reported broken",
+        )
         time.sleep(0.3)  # several more polls: the broken version is not retried, the serving one stays
         assert served_by(base) == 2
         shutil.rmtree(repo / "adder")
@@ -200,7 +206,9 @@ def test_repository_requests_with_bad_bodies_or_names_get_4xx(repo):
             got, _, reply = http("POST", base + path, body)
             assert (got, message in json.loads(reply)["error"]) == (status, True), (path, body, reply)
         status, _, reply = http("POST", base + "/v2/repository/index", b'{"ready": true}')
-        assert status == 200 and json.loads(reply) == [{"name": "adder", "version": "1", "state": "READY", "reason": ""}]
+        assert status == 200 and json.loads(reply) == [
+            {"name": "adder", "version": "1", "state": "READY", "reason": ""}
+        ]
         assert served_by(base) == 1
 
 
@@ -230,7 +238,7 @@ def test_a_new_version_takes_over_under_load_without_a_failed_request(repo):
         def client_loop() -> None:
             while not stop.is_set():
                 status, _, reply = infer(base, "adder", {"x": X})
-                answers.append(int(round(float((reply["arrays"]["y"] - X)[0, 0]))) if status == 200 else status)
+                answers.append(round(float((reply["arrays"]["y"] - X)[0, 0])) if status == 200 else status)
 
         loops = [pool.submit(client_loop) for _ in range(3)]
         wait_until(lambda: len(answers) > 20, "traffic on version 1")
@@ -257,8 +265,13 @@ def test_a_model_that_loads_but_cannot_run_is_reported_not_fatal(repo):
         initializer=[numpy_helper.from_array(np.array([3], dtype=np.int64), "shape")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    file_onnx_model(repo, "bad", model, inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
-                    outputs=[{"name": "y", "datatype": "FP32", "shape": [3]}])
+    file_onnx_model(
+        repo,
+        "bad",
+        model,
+        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [3]}],
+    )
     file_adder(repo, 1)
     plane = dataplane(repo)  # the good model loads; the bad one is reported
     assert list(plane.models) == ["adder"]

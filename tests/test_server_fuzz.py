@@ -10,18 +10,19 @@ from __future__ import annotations
 import http.client
 import json
 import string
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import file_onnx_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper, numpy_helper
-
-from conftest import file_onnx_model
 from test_serve_batching import serving
+
 from maasctl.repository import ModelRepository
 from maasctl.serve.dataplane import DataPlane
 
@@ -38,7 +39,10 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 def write_tiny_model(repo: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
+        [
+            helper.make_node("MatMul", ["input", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
         [
@@ -71,7 +75,9 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         yield int(base.rsplit(":", 1)[1])
 
 
-def send(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def send(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -148,9 +154,17 @@ batches = st.integers(1, 4).flatmap(
     lambda n: arrays(np.float32, (n, 4), elements=st.floats(-100, 100, width=32, allow_subnormal=False))
 )
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
 )
 
 # Input objects that look right at a glance: each field is often the right value, else something near it or
@@ -167,19 +181,31 @@ def mostly(right: Any, wrong: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 plausible_inputs = st.fixed_dictionaries(
     {
         "name": mostly("input", st.sampled_from(["inputs", "Input", "logits", ""]) | json_scalars),
-        "datatype": mostly("FP32", st.sampled_from(["FP64", "FP16", "INT32", "BYTES", "BOOL", "fp32", "FLOAT"]) | json_scalars),
+        "datatype": mostly(
+            "FP32", st.sampled_from(["FP64", "FP16", "INT32", "BYTES", "BOOL", "fp32", "FLOAT"]) | json_scalars
+        ),
         "shape": st.integers(0, 3).map(lambda n: [n, 4]) | st.lists(st.integers(-2, 6), max_size=3) | json_values,
     },
     optional={
         "data": st.lists(numbers, max_size=12) | st.lists(st.lists(numbers, max_size=5), max_size=4) | json_values,
-        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 64) | json_scalars}) | json_values,
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-4, 64) | json_scalars})
+        | json_values,
     },
 )
 plausible_docs = st.fixed_dictionaries(
-    {"inputs": mostly(None, json_values).flatmap(lambda v: st.lists(plausible_inputs, min_size=1, max_size=2) if v is None else st.just(v))},
+    {
+        "inputs": mostly(None, json_values).flatmap(
+            lambda v: st.lists(plausible_inputs, min_size=1, max_size=2) if v is None else st.just(v)
+        )
+    },
     optional={
         "id": st.text(max_size=8) | json_values,
-        "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["logits", "probs", "nope"])}, optional={"parameters": json_values}), max_size=3)
+        "outputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["logits", "probs", "nope"])}, optional={"parameters": json_values}
+            ),
+            max_size=3,
+        )
         | json_values,
         "parameters": st.fixed_dictionaries({}, optional={"binary_data_output": json_scalars}) | json_values,
     },
@@ -236,7 +262,9 @@ MUTATIONS = _mutations()
 
 @FUZZ
 @given(body=st.binary(max_size=600), x=batches, binary=st.booleans())
-def test_random_bytes_get_a_4xx_and_the_server_keeps_answering(port: int, body: bytes, x: np.ndarray, binary: bool) -> None:
+def test_random_bytes_get_a_4xx_and_the_server_keeps_answering(
+    port: int, body: bytes, x: np.ndarray, binary: bool
+) -> None:
     assert_client_error(*send(port, "POST", INFER, body))
     assert_answers(port, x, binary)
 
@@ -261,8 +289,12 @@ def test_plausible_but_wrong_inputs_get_a_4xx(port: int, doc: dict[str, Any], x:
 
 @FUZZ
 @given(x=batches, mutation=st.sampled_from(sorted(MUTATIONS)), binary=st.booleans())
-def test_each_single_defect_in_a_valid_request_gets_a_400(port: int, x: np.ndarray, mutation: str, binary: bool) -> None:
-    doc: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}]}
+def test_each_single_defect_in_a_valid_request_gets_a_400(
+    port: int, x: np.ndarray, mutation: str, binary: bool
+) -> None:
+    doc: dict[str, Any] = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}]
+    }
     MUTATIONS[mutation](doc)
     status, headers, body = send(port, "POST", INFER, json.dumps(doc).encode())
     assert status == 400, (mutation, body[:300])
@@ -274,9 +306,12 @@ def test_each_single_defect_in_a_valid_request_gets_a_400(port: int, x: np.ndarr
 @given(
     x=batches,
     with_binary=st.booleans(),
-    header=st.integers(-3, 400).map(str) | st.text(alphabet=string.ascii_letters + string.punctuation + " ", min_size=1, max_size=12),
+    header=st.integers(-3, 400).map(str)
+    | st.text(alphabet=string.ascii_letters + string.punctuation + " ", min_size=1, max_size=12),
 )
-def test_random_header_lengths_get_a_4xx_unless_they_happen_to_be_right(port: int, x: np.ndarray, with_binary: bool, header: str) -> None:
+def test_random_header_lengths_get_a_4xx_unless_they_happen_to_be_right(
+    port: int, x: np.ndarray, with_binary: bool, header: str
+) -> None:
     raw = x.astype("<f4").tobytes()
     item: dict[str, Any] = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
     item.update({"parameters": {"binary_data_size": len(raw)}} if with_binary else {"data": x.tolist()})
@@ -312,17 +347,23 @@ def test_requested_output_in_binary_only(port: int) -> None:
     assert_right_numbers(x, outputs)
 
 
-@pytest.mark.parametrize("path", ["/v2/models/nope/infer", "/v2/models/tiny/versions/2/infer", "/v2/models/nope", "/v2/models/nope/ready"])
+@pytest.mark.parametrize(
+    "path", ["/v2/models/nope/infer", "/v2/models/tiny/versions/2/infer", "/v2/models/nope", "/v2/models/nope/ready"]
+)
 def test_unknown_model_or_version_is_404(port: int, path: str) -> None:
     method = "POST" if path.endswith("/infer") else "GET"
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    ).encode()
     status, headers, answer = send(port, method, path, body if method == "POST" else None)
     assert status == 404
     assert_client_error(status, headers, answer)
 
 
 def test_body_over_the_limit_is_413(port: int) -> None:
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4, "pad": "x" * MAX_BODY}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4, "pad": "x" * MAX_BODY}]}
+    ).encode()
     status, headers, answer = send(port, "POST", INFER, body)
     assert status == 413
     assert str(MAX_BODY) in assert_client_error(status, headers, answer)

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, run_cli
 
 
@@ -37,7 +36,9 @@ def test_resume_continues_from_last_checkpoint_and_extends(tmp_path):
     rows = _rows(run_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
     assert rows[:2] == first  # the finished epochs were kept, not redone
-    assert float(rows[2]["train_loss"]) < float(rows[0]["train_loss"])  # training went on from the weights, not from scratch
+    assert float(rows[2]["train_loss"]) < float(
+        rows[0]["train_loss"]
+    )  # training went on from the weights, not from scratch
     assert out["run_dir"].endswith("runs/r")
     assert "epochs: 4" in (run_dir / "recipe.yaml").read_text()
 
@@ -63,7 +64,9 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
 
 
 def test_mlp_recipe_trains(tmp_path):
-    out = json.loads(run_cli("train", "--set", "model.name=mlp", "--set", "train.epochs=3", "--json", cwd=tmp_path).stdout)
+    out = json.loads(
+        run_cli("train", "--set", "model.name=mlp", "--set", "train.epochs=3", "--json", cwd=tmp_path).stdout
+    )
     assert out["metrics"]["test_accuracy"] > 0.8
 
 
@@ -77,7 +80,9 @@ def test_resume_after_sigkill_mid_run(tmp_path):
     run_dir = tmp_path / "artifacts" / "runs" / "k"
     proc = subprocess.Popen(
         [sys.executable, "-m", "maasctl", "train", "--set", "train.epochs=200", "--name", "k"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 120
@@ -91,7 +96,9 @@ def test_resume_after_sigkill_mid_run(tmp_path):
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)  # intact despite the kill
     assert ckpt["epoch"] >= done - 1
 
-    out = json.loads(run_cli("train", "--resume", "k", "--set", f"train.epochs={ckpt['epoch'] + 2}", "--json", cwd=tmp_path).stdout)
+    out = json.loads(
+        run_cli("train", "--resume", "k", "--set", f"train.epochs={ckpt['epoch'] + 2}", "--json", cwd=tmp_path).stdout
+    )
     rows = _rows(run_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, ckpt["epoch"] + 3))
     assert out["metrics"]["test_accuracy"] > 0.8
@@ -122,8 +129,20 @@ def test_same_seed_same_metrics_on_cpu(tmp_path):
 def test_early_stopping_pictures_and_summary(tmp_path):
     out = json.loads(
         run_cli(
-            "train", "--set", "train.epochs=60", "--set", "train.early_stopping.patience=2", "--set", "train.early_stopping.min_delta=0.5",
-            "--set", "train.label_smoothing=0.1", "--set", "train.grad_clip=1.0", "--set", "train.warmup_epochs=0.5", "--json",
+            "train",
+            "--set",
+            "train.epochs=60",
+            "--set",
+            "train.early_stopping.patience=2",
+            "--set",
+            "train.early_stopping.min_delta=0.5",
+            "--set",
+            "train.label_smoothing=0.1",
+            "--set",
+            "train.grad_clip=1.0",
+            "--set",
+            "train.warmup_epochs=0.5",
+            "--json",
             cwd=tmp_path,
         ).stdout
     )
@@ -158,7 +177,9 @@ def test_fp16_on_cpu_is_refused_not_ignored():
     from maasctl.train.trainer import Trainer
 
     # Trainer() runs before the CLI makes a run folder, so nothing is written (see test_unknown_model_...).
-    with pytest.raises(UsageError, match=r"train.amp: fp16 needs CUDA .* use train.amp=auto \(off on CPU\), bf16, or off"):
+    with pytest.raises(
+        UsageError, match=r"train.amp: fp16 needs CUDA .* use train.amp=auto \(off on CPU\), bf16, or off"
+    ):
         Trainer(load_recipe(None, ["train.amp=fp16", "train.device=cpu"]))
 
 
@@ -200,8 +221,20 @@ def test_resume_may_change_how_a_run_runs_but_not_what_it_trains():
     from maasctl.train.rundir import check_resumable
 
     saved = load_recipe(None, [])
-    check_resumable(saved, load_recipe(None, ["train.amp=bf16", "train.channels_last=off", "train.compile=true", "train.epochs=40",
-                                              "train.data_placement=host", "train.data_workers=2"]))
+    check_resumable(
+        saved,
+        load_recipe(
+            None,
+            [
+                "train.amp=bf16",
+                "train.channels_last=off",
+                "train.compile=true",
+                "train.epochs=40",
+                "train.data_placement=host",
+                "train.data_workers=2",
+            ],
+        ),
+    )
     with pytest.raises(UsageError, match="train.optimizer.lr"):
         check_resumable(saved, load_recipe(None, ["train.optimizer.lr=0.1"]))
 
@@ -210,17 +243,45 @@ def test_resume_may_change_how_a_run_runs_but_not_what_it_trains():
     "schedule, expect",
     [
         # 10 steps an epoch (1258 training digits, batch 128), 3 epochs, peak lr 0.01
-        ("step", lambda lrs: lrs[0] == lrs[9] == pytest.approx(0.01) and lrs[10] == pytest.approx(0.005) and lrs[20] == pytest.approx(0.0025)),
-        ("onecycle", lambda lrs: lrs[0] < 0.002 and max(lrs) == pytest.approx(0.01) and 7 <= lrs.index(max(lrs)) <= 9 and lrs[-1] < 0.001),
-        ("cosine", lambda lrs: lrs[0] == pytest.approx(0.01, rel=0.01) and lrs[-1] < 0.0001 and lrs == sorted(lrs, reverse=True)),
+        (
+            "step",
+            lambda lrs: (
+                lrs[0] == lrs[9] == pytest.approx(0.01)
+                and lrs[10] == pytest.approx(0.005)
+                and lrs[20] == pytest.approx(0.0025)
+            ),
+        ),
+        (
+            "onecycle",
+            lambda lrs: (
+                lrs[0] < 0.002 and max(lrs) == pytest.approx(0.01) and 7 <= lrs.index(max(lrs)) <= 9 and lrs[-1] < 0.001
+            ),
+        ),
+        (
+            "cosine",
+            lambda lrs: (
+                lrs[0] == pytest.approx(0.01, rel=0.01) and lrs[-1] < 0.0001 and lrs == sorted(lrs, reverse=True)
+            ),
+        ),
     ],
 )
 def test_learning_rate_schedules(schedule, expect):
     from maasctl.recipe import load_recipe
     from maasctl.train.trainer import Trainer
 
-    recipe = load_recipe(None, [f"train.schedule={schedule}", "train.step_epochs=1", "train.step_gamma=0.5", "train.epochs=3",
-                                "train.batch_size=128", "train.optimizer.name=sgd", "train.optimizer.nesterov=true", "train.optimizer.lr=0.01"])
+    recipe = load_recipe(
+        None,
+        [
+            f"train.schedule={schedule}",
+            "train.step_epochs=1",
+            "train.step_gamma=0.5",
+            "train.epochs=3",
+            "train.batch_size=128",
+            "train.optimizer.name=sgd",
+            "train.optimizer.nesterov=true",
+            "train.optimizer.lr=0.01",
+        ],
+    )
     trainer = Trainer(recipe)
     assert trainer.optimizer.param_groups[0]["nesterov"] is True
     lrs = []
@@ -251,9 +312,16 @@ def test_host_placement_gives_the_same_metrics_as_device_placement(tmp_path):
     the split evenly); summary.json says where each split was."""
     from maasctl.train.rundir import create_run_dir
 
-    common = ["train.epochs=2", "train.channels_last=on", "data.augment.horizontal_flip=true", "data.augment.random_crop_padding=1"]
+    common = [
+        "train.epochs=2",
+        "train.channels_last=on",
+        "data.augment.horizontal_flip=true",
+        "data.augment.random_crop_padding=1",
+    ]
     device_rows, device_summary = _fit(create_run_dir(tmp_path, "device"), common)
-    host_rows, host_summary = _fit(create_run_dir(tmp_path, "host"), [*common, "train.data_placement=host", "train.data_workers=1"])
+    host_rows, host_summary = _fit(
+        create_run_dir(tmp_path, "host"), [*common, "train.data_placement=host", "train.data_workers=1"]
+    )
     assert device_rows == host_rows and len(host_rows) == 2
     assert device_summary["metrics"] == host_summary["metrics"]
     # auto on CPU: the data is in the device's memory already
@@ -291,13 +359,23 @@ def test_placement_decision_from_free_gpu_memory():
     assert where("auto", "cuda", 1500 * mib) == {"train": "device", "validation": "device", "test": "host"}  # 800 > 750
     assert where("auto", "cuda", 1024 * mib) == {"train": "host", "validation": "device", "test": "device"}
     assert where("auto", "cpu", None) == {"train": "device", "validation": "device", "test": "device"}
-    assert where("host", "cuda", 4096 * mib) == where("host", "cpu", None) == {"train": "host", "validation": "host", "test": "host"}
+    assert (
+        where("host", "cuda", 4096 * mib)
+        == where("host", "cpu", None)
+        == {"train": "host", "validation": "host", "test": "host"}
+    )
     assert where("device", "cuda", 900 * mib) == {"train": "device", "validation": "device", "test": "device"}
     why = choose_placement("auto", "cuda", sizes, 1024 * mib)["train"].why
     assert why == "600.0 MiB > 512.0 MiB, half of the free GPU memory"
-    assert choose_placement("auto", "cuda", sizes, 1500 * mib)["test"].why == "100.0 MiB with 700.0 MiB already on the GPU > 750.0 MiB, half of the free GPU memory"
+    assert (
+        choose_placement("auto", "cuda", sizes, 1500 * mib)["test"].why
+        == "100.0 MiB with 700.0 MiB already on the GPU > 750.0 MiB, half of the free GPU memory"
+    )
     # Asking for device placement when the splits cannot fit fails before training, not with an OOM mid-epoch.
-    with pytest.raises(UsageError, match=r"data_placement: device needs 800.0 MiB .* GPU has 700.0 MiB free; use train.data_placement=auto"):
+    with pytest.raises(
+        UsageError,
+        match=r"data_placement: device needs 800.0 MiB .* GPU has 700.0 MiB free; use train.data_placement=auto",
+    ):
         choose_placement("device", "cuda", sizes, 700 * mib)
 
 
@@ -305,7 +383,11 @@ def test_data_placement_values_are_checked_by_the_schema():
     from maasctl.recipe import RecipeError, load_recipe
 
     assert load_recipe(None, []).train.data_placement == "auto"
-    with pytest.raises(RecipeError, match=r"train.data_placement \(from --set\): Input should be 'auto', 'device' or 'host'"):
+    with pytest.raises(
+        RecipeError, match=r"train.data_placement \(from --set\): Input should be 'auto', 'device' or 'host'"
+    ):
         load_recipe(None, ["train.data_placement=gpu"])
-    with pytest.raises(RecipeError, match=r"train.data_workers \(from --set\): Input should be greater than or equal to 0"):
+    with pytest.raises(
+        RecipeError, match=r"train.data_workers \(from --set\): Input should be greater than or equal to 0"
+    ):
         load_recipe(None, ["train.data_workers=-1"])

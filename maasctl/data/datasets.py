@@ -42,7 +42,11 @@ class Dataset:
         if self.input_kind != "tokens":
             return None
         vocab = self.preprocessing.get("vocab")
-        return len(vocab) + 2 if vocab is not None else int(max(s.x.max() for s in (self.train, self.validation, self.test))) + 1
+        return (
+            len(vocab) + 2
+            if vocab is not None
+            else int(max(s.x.max() for s in (self.train, self.validation, self.test))) + 1
+        )
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:

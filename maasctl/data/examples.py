@@ -32,7 +32,12 @@ def write_examples(dest: Path, seed: int = 0) -> dict[str, Path]:
     written = {"digits_png": _digits_folder(dest / "digits_png", images, labels)}
 
     rows = dest / "digits_rows.npz"
-    np.savez_compressed(rows, x=(images / 255).astype(np.float32), y=labels.astype(np.int64), labels=np.array([str(d) for d in range(10)]))
+    np.savez_compressed(
+        rows,
+        x=(images / 255).astype(np.float32),
+        y=labels.astype(np.int64),
+        labels=np.array([str(d) for d in range(10)]),
+    )
     written["digits_rows.npz"] = rows
 
     iris = dest / "iris.csv"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,9 @@ def build_dataset(cfg: Any, seed: int) -> Dataset:
 # --- images --------------------------------------------------------------------------------------------------
 
 
-def _image_dataset(images: list[np.ndarray], labels: np.ndarray, names: list[str], cfg: Any, seed: int, test: tuple | None = None) -> Dataset:
+def _image_dataset(
+    images: list[np.ndarray], labels: np.ndarray, names: list[str], cfg: Any, seed: int, test: tuple | None = None
+) -> Dataset:
     """uint8 images (N,H,W) or (N,H,W,C) -> normalized NCHW splits; statistics from the training split only."""
     if test is None:
         parts = stratified_split(labels, (cfg.split.train, cfg.split.validation, cfg.split.test), seed)
@@ -71,9 +74,8 @@ def _image_dataset(images: list[np.ndarray], labels: np.ndarray, names: list[str
 
 
 def load_digits(cfg: schema.DigitsData, seed: int) -> Dataset:
-    with resources.files("maasctl.data").joinpath("digits.npz").open("rb") as f:
-        with np.load(f) as npz:
-            images, labels = npz["images"], npz["labels"].astype(np.int64)
+    with resources.files("maasctl.data").joinpath("digits.npz").open("rb") as f, np.load(f) as npz:
+        images, labels = npz["images"], npz["labels"].astype(np.int64)
     return _image_dataset(images, labels, [str(d) for d in range(10)], cfg, seed)
 
 
@@ -145,7 +147,9 @@ def _require_file(path: str, key: str) -> Path:
 
 
 def _column_error(key: str, wanted: str, columns: list[str], path: Path) -> UsageError:
-    return UsageError(f"{key}: {wanted!r} is not a column of {path} (columns: {', '.join(columns)}){did_you_mean(wanted, columns)}")
+    return UsageError(
+        f"{key}: {wanted!r} is not a column of {path} (columns: {', '.join(columns)}){did_you_mean(wanted, columns)}"
+    )
 
 
 def _three_way(labels: np.ndarray, cfg: Any, seed: int) -> list[np.ndarray]:
@@ -178,7 +182,9 @@ def load_csv(cfg: schema.CsvData, seed: int) -> Dataset:
                 bad.setdefault(name, f"row {r + 2}: {row[name]!r}")
     if bad:
         detail = "; ".join(f"{k} ({v})" for k, v in bad.items())
-        raise UsageError(f"data.feature_columns: non-numeric values in {path}: {detail}. Drop these columns with data.feature_columns, or encode them as numbers.")
+        raise UsageError(
+            f"data.feature_columns: non-numeric values in {path}: {detail}. Drop these columns with data.feature_columns, or encode them as numbers."
+        )
     y, labels = encode_labels([row[cfg.label_column] for row in rows])
     parts = _three_way(y, cfg, seed)
     spec = tabular_spec(features, x[parts[0]].mean(0), x[parts[0]].std(0))
@@ -192,7 +198,9 @@ def load_npz(cfg: schema.NpzData, seed: int) -> Dataset:
         with np.load(path, allow_pickle=False) as npz:  # arrays only: never unpickle objects from a data file
             missing = [k for k in ("x", "y") if k not in npz.files]
             if missing:
-                raise UsageError(f"data.path: {path} lacks array(s) {', '.join(missing)} (it has: {', '.join(npz.files)})")
+                raise UsageError(
+                    f"data.path: {path} lacks array(s) {', '.join(missing)} (it has: {', '.join(npz.files)})"
+                )
             x, y_raw = npz["x"], npz["y"]
             given_test = (npz["x_test"], npz["y_test"]) if "x_test" in npz.files and "y_test" in npz.files else None
             names = [str(n) for n in npz["labels"]] if "labels" in npz.files else None

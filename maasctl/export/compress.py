@@ -21,8 +21,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,12 @@ def check_accuracy_drop(fp32_accuracy: float, compressed_accuracy: float, max_dr
 
 
 def compress_onnx(
-    fp32_path: Path, out_path: Path, method: str, meta: dict[str, Any], calibration: np.ndarray, log: Callable[[str], None]
+    fp32_path: Path,
+    out_path: Path,
+    method: str,
+    meta: dict[str, Any],
+    calibration: np.ndarray,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Write the compressed model to `out_path`; returns {method, mode} describing what was done."""
     if method not in METHODS:
@@ -73,7 +79,7 @@ def compress_onnx(
 
             quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=mode == "static")
             preprocessed = True
-        except Exception as exc:  # noqa: BLE001 — preprocessing is an optimisation, not a requirement
+        except Exception as exc:
             log(f"quantization preprocessing skipped ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
             shutil.copyfile(fp32_path, source)
             preprocessed = False
@@ -89,7 +95,7 @@ def compress_onnx(
                 weight_type=QuantType.QInt8,
                 per_channel=True,
             )
-            info = {"method": "int8", "mode": "static", "format": "QDQ", "calibration_samples": int(len(calibration))}
+            info = {"method": "int8", "mode": "static", "format": "QDQ", "calibration_samples": len(calibration)}
         else:
             quantize_dynamic(str(source), str(out_path), weight_type=QuantType.QInt8)
             info = {"method": "int8", "mode": "dynamic"}
@@ -103,7 +109,9 @@ def _fp16(fp32_path: Path, out_path: Path) -> dict[str, Any]:
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as exc:  # onnxruntime builds without the transformers tools
-        raise UsageError(f"--fp16 needs onnxruntime.transformers.float16, which this onnxruntime lacks ({exc})") from None
+        raise UsageError(
+            f"--fp16 needs onnxruntime.transformers.float16, which this onnxruntime lacks ({exc})"
+        ) from None
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
     _toposort(model.graph)  # the converter appends its input Casts after their consumers; onnx.checker refuses that
     onnx.save(model, str(out_path))
@@ -135,12 +143,14 @@ class _Calibration:
     """onnxruntime CalibrationDataReader over training samples, in batches."""
 
     def __init__(self, x: np.ndarray) -> None:
-        self._batches = iter([{"input": np.ascontiguousarray(x[i : i + CALIBRATION_BATCH])} for i in range(0, len(x), CALIBRATION_BATCH)])
+        self._batches = iter(
+            [{"input": np.ascontiguousarray(x[i : i + CALIBRATION_BATCH])} for i in range(0, len(x), CALIBRATION_BATCH)]
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
-    def rewind(self) -> None:  # noqa: D401 — part of the reader protocol in newer onnxruntime
+    def rewind(self) -> None:
         pass
 
 
@@ -152,12 +162,14 @@ def measure(onnx_path: Path, x: np.ndarray, y: np.ndarray, repeats: int = 30, ba
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-    logits = np.concatenate([session.run(["logits"], {"input": x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)])
+    logits = np.concatenate(
+        [session.run(["logits"], {"input": x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    )
     predictions = logits.argmax(1)
     result: dict[str, Any] = {"accuracy": float((predictions == y).mean()), "bytes": onnx_path.stat().st_size}
     for b in LATENCY_BATCHES:
         batch = np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])) if len(x) < b else x[:b])
-        result[f"latency_ms_b{b}"] = latency_ms(lambda: session.run(["logits"], {"input": batch}), repeats)
+        result[f"latency_ms_b{b}"] = latency_ms(lambda: session.run(["logits"], {"input": batch}), repeats)  # noqa: B023 (timed here)
     result["_predictions"] = predictions
     return result
 
@@ -228,7 +240,7 @@ def compress_and_measure(
         **info,
         "fp32": fp,
         "compressed": cp,
-        "test_samples": int(len(data.test.y)),
+        "test_samples": len(data.test.y),
         "top1_agreement": agreement,
         "max_accuracy_drop": max_accuracy_drop,
         "forced": bool(force),
@@ -240,5 +252,7 @@ def compress_and_measure(
         log(line)
     report["accuracy_drop"] = check_accuracy_drop(fp["accuracy"], cp["accuracy"], max_accuracy_drop, force)
     if report["accuracy_drop"] > max_accuracy_drop:
-        log(f"warning: accuracy drop {report['accuracy_drop'] * 100:.2f} points exceeds the allowed {max_accuracy_drop * 100:.2f}; filed anyway (--force)")
+        log(
+            f"warning: accuracy drop {report['accuracy_drop'] * 100:.2f} points exceeds the allowed {max_accuracy_drop * 100:.2f}; filed anyway (--force)"
+        )
     return report

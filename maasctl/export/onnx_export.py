@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +72,9 @@ def export_run(
     recipe = load_recipe(run_dir / "recipe.yaml")
     opset = opset or recipe.export.opset
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UsageError(f"--opset {opset}: choose {MIN_OPSET}..{MAX_OPSET} (what torch's exporter and the pinned onnxruntime support)")
+        raise UsageError(
+            f"--opset {opset}: choose {MIN_OPSET}..{MAX_OPSET} (what torch's exporter and the pinned onnxruntime support)"
+        )
     atol = atol if atol is not None else recipe.export.atol
     ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     meta = ckpt["meta"]
@@ -84,7 +87,9 @@ def export_run(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise UsageError(f"{run_dir}: the checkpoint's weights do not fit the model: {str(exc).splitlines()[0]}. Nothing was filed.") from None
+        raise UsageError(
+            f"{run_dir}: the checkpoint's weights do not fit the model: {str(exc).splitlines()[0]}. Nothing was filed."
+        ) from None
     model.eval()
 
     data = build_dataset(recipe.data, recipe.train.seed)
@@ -93,13 +98,17 @@ def export_run(
     # flattened sequence is fixed to its training length.
     from maasctl.models.registry import get_model_entry
 
-    sequence_axis = meta.get("input_kind") in ("sequence", "tokens") and "tokens" in get_model_entry(meta["model_name"]).inputs
+    sequence_axis = (
+        meta.get("input_kind") in ("sequence", "tokens") and "tokens" in get_model_entry(meta["model_name"]).inputs
+    )
     staged = repo.staging_dir()
     report = None
     try:
         onnx_path = staged / ONNX_FILE
         if compress is None:
-            used, diff, agreement = _export_checked(model, samples, onnx_path, opset, exporter, atol, sequence_axis, log)
+            used, diff, agreement = _export_checked(
+                model, samples, onnx_path, opset, exporter, atol, sequence_axis, log
+            )
         else:
             import tempfile
 
@@ -107,9 +116,18 @@ def export_run(
 
             with tempfile.TemporaryDirectory(prefix="maasctl-fp32-") as tmp:
                 fp32_path = Path(tmp) / ONNX_FILE
-                used, diff, agreement = _export_checked(model, samples, fp32_path, opset, exporter, atol, sequence_axis, log)
+                used, diff, agreement = _export_checked(
+                    model, samples, fp32_path, opset, exporter, atol, sequence_axis, log
+                )
                 report = compress_and_measure(
-                    fp32_path, onnx_path, compress, meta, data, max_accuracy_drop=max_accuracy_drop, force=force, log=log
+                    fp32_path,
+                    onnx_path,
+                    compress,
+                    meta,
+                    data,
+                    max_accuracy_drop=max_accuracy_drop,
+                    force=force,
+                    log=log,
                 )
                 _check_onnx(onnx_path)
         manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement, sequence_axis)
@@ -127,7 +145,9 @@ def export_run(
     return ExportResult(filed.name, filed.version, filed.path, used, diff, agreement, report)
 
 
-def _export_checked(model, samples, onnx_path: Path, opset: int, exporter: str, atol: float, sequence_axis: bool, log) -> tuple[str, float, float]:
+def _export_checked(
+    model, samples, onnx_path: Path, opset: int, exporter: str, atol: float, sequence_axis: bool, log
+) -> tuple[str, float, float]:
     """Export, check and compare, exporter by exporter: `auto` tries torch.export (dynamo) first and falls back to
     the TorchScript exporter when dynamo fails or its graph does not match PyTorch (it mis-traces some RNN
     patterns, e.g. a sequence length baked into an Expand). Returns (exporter, max diff, top-1 agreement)."""
@@ -139,7 +159,9 @@ def _export_checked(model, samples, onnx_path: Path, opset: int, exporter: str, 
             _check_onnx(onnx_path)
             diff, agreement, scale = _parity(model, onnx_path, samples, sequence_axis)
             log(f"exported with the {kind} exporter, opset {opset}")
-            log(f"parity on {len(samples)} held-out samples: max |onnx - torch| = {diff:.3g}, top-1 agreement {agreement:.2%}")
+            log(
+                f"parity on {len(samples)} held-out samples: max |onnx - torch| = {diff:.3g}, top-1 agreement {agreement:.2%}"
+            )
             if diff > atol * scale or agreement < 1.0:
                 raise CheckFailed(
                     f"parity failed: max |onnx - torch| = {diff:.3g} (tolerance {atol:g} x logit scale {scale:.3g}), "
@@ -154,7 +176,9 @@ def _export_checked(model, samples, onnx_path: Path, opset: int, exporter: str, 
     raise CheckFailed("ONNX export failed; nothing was filed:\n  " + "\n  ".join(errors))
 
 
-def _export(model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, kind: str, sequence_axis: bool) -> None:
+def _export(
+    model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, kind: str, sequence_axis: bool
+) -> None:
     args = (torch.from_numpy(example),)
     names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset, "external_data": False}
     # The exporters print progress on stdout; keep stdout for --json.
@@ -179,7 +203,9 @@ def _check_onnx(path: Path) -> None:
         raise CheckFailed(f"the exported model fails onnx.checker: {exc}") from None
 
 
-def _parity(model: torch.nn.Module, onnx_path: Path, samples: np.ndarray, sequence_axis: bool) -> tuple[float, float, float]:
+def _parity(
+    model: torch.nn.Module, onnx_path: Path, samples: np.ndarray, sequence_axis: bool
+) -> tuple[float, float, float]:
     """Largest |onnx - torch|, top-1 agreement and the logits' scale (max |logit|, at least 1: float32 error grows
     with magnitude, so the tolerance scales with it), at a full batch and at batch size 1 (a frozen batch axis
     shows only when the size changes), and for sequence models also at a shorter sequence length."""
@@ -194,8 +220,12 @@ def _parity(model: torch.nn.Module, onnx_path: Path, samples: np.ndarray, sequen
         for x in inputs:
             expected = model(torch.from_numpy(x)).numpy()
             batched = session.run(["logits"], {"input": x})[0]
-            single = np.concatenate([session.run(["logits"], {"input": x[i : i + 1]})[0] for i in range(min(8, len(x)))])
-            diff = max(diff, float(np.abs(batched - expected).max()), float(np.abs(single - expected[: len(single)]).max()))
+            single = np.concatenate(
+                [session.run(["logits"], {"input": x[i : i + 1]})[0] for i in range(min(8, len(x)))]
+            )
+            diff = max(
+                diff, float(np.abs(batched - expected).max()), float(np.abs(single - expected[: len(single)]).max())
+            )
             agreement = min(agreement, float((batched.argmax(1) == expected.argmax(1)).mean()))
             scale = max(scale, float(np.abs(expected).max()))
     return diff, agreement, scale
@@ -221,7 +251,14 @@ def triton_config(name: str, manifest: dict[str, Any], max_batch_size: int = 64)
 
 
 def _manifest(
-    run_dir: Path, meta: dict[str, Any], onnx_path: Path, opset: int, exporter: str, diff: float, agreement: float, sequence_axis: bool
+    run_dir: Path,
+    meta: dict[str, Any],
+    onnx_path: Path,
+    opset: int,
+    exporter: str,
+    diff: float,
+    agreement: float,
+    sequence_axis: bool,
 ) -> dict[str, Any]:
     import json
 
@@ -236,7 +273,13 @@ def _manifest(
         "maasctl_version": __version__,
         "task": "classification",
         "input_kind": meta.get("input_kind", "image"),
-        "inputs": [{"name": "input", "datatype": "INT64" if meta.get("input_kind") == "tokens" else "FP32", "shape": input_shape}],
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "INT64" if meta.get("input_kind") == "tokens" else "FP32",
+                "shape": input_shape,
+            }
+        ],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, meta["num_classes"]]}],
         "labels": meta["labels"],
         "preprocessing": meta["preprocessing"],

@@ -10,7 +10,9 @@ from maasctl.models.registry import register_model
 
 
 @register_model(inputs=("features", "image", "sequence"))
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128, depth: int = 2, dropout: float = 0.1) -> nn.Module:
+def mlp(
+    input_shape: tuple[int, ...], num_classes: int, hidden: int = 128, depth: int = 2, dropout: float = 0.1
+) -> nn.Module:
     """MLP over the flattened input: `depth` hidden layers of `hidden` units; depth 0 is logistic regression."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)

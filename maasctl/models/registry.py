@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from maasctl.errors import UsageError, did_you_mean
 
@@ -71,7 +72,13 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def create_model(
-    name: str, *, input_shape: tuple[int, ...], num_classes: int, input_kind: str = "image", vocab_size: int | None = None, **params: Any
+    name: str,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    input_kind: str = "image",
+    vocab_size: int | None = None,
+    **params: Any,
 ):
     entry = get_model_entry(name)
     if input_kind not in entry.inputs:

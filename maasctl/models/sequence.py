@@ -56,12 +56,16 @@ def reverse_steps(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 class SequenceInput(nn.Module):
     """Token ids → (embeddings of the compacted ids, valid-step mask); a float sequence → (itself or a projection, None)."""
 
-    def __init__(self, input_shape: tuple[int, ...], vocab_size: int | None, dim: int, project: bool, name: str) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], vocab_size: int | None, dim: int, project: bool, name: str
+    ) -> None:
         super().__init__()
         self.tokens = len(input_shape) == 1
         if self.tokens:
             if not vocab_size or vocab_size < 2:
-                raise UsageError(f"model.name: {name} on tokens needs the data's vocab_size (at least 2), got {vocab_size}")
+                raise UsageError(
+                    f"model.name: {name} on tokens needs the data's vocab_size (at least 2), got {vocab_size}"
+                )
             self.embed: nn.Module = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
             self.dim = dim
         elif len(input_shape) == 2:
@@ -102,7 +106,9 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.ff(self.norm2(x)))
 
@@ -135,7 +141,9 @@ class RNNClassifier(nn.Module):
         width = inputs.dim
         self.layers = nn.ModuleList()
         for _ in range(layers):
-            self.layers.append(nn.ModuleList(cell(width, hidden, batch_first=True) for _ in range(2 if bidirectional else 1)))
+            self.layers.append(
+                nn.ModuleList(cell(width, hidden, batch_first=True) for _ in range(2 if bidirectional else 1))
+            )
             width = hidden * len(self.layers[-1])
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
@@ -167,7 +175,15 @@ class TransformerClassifier(nn.Module):
     """Embedding + learned positions, pre-norm encoder blocks with a padding mask, masked mean-pool, linear head."""
 
     def __init__(
-        self, inputs: SequenceInput, num_classes: int, d_model: int, heads: int, layers: int, ff_dim: int, dropout: float, max_len: int
+        self,
+        inputs: SequenceInput,
+        num_classes: int,
+        d_model: int,
+        heads: int,
+        layers: int,
+        ff_dim: int,
+        dropout: float,
+        max_len: int,
     ) -> None:
         super().__init__()
         self.inputs = inputs
@@ -206,7 +222,9 @@ def _rnn(
     if pool not in POOLS:
         raise UsageError(f"model.params.pool: {name} takes one of {', '.join(POOLS)}, not {pool!r}")
     if hidden < 1 or layers < 1:
-        raise UsageError(f"model.params: {name} needs hidden >= 1 and layers >= 1, got hidden={hidden}, layers={layers}")
+        raise UsageError(
+            f"model.params: {name} needs hidden >= 1 and layers >= 1, got hidden={hidden}, layers={layers}"
+        )
     inputs = SequenceInput(input_shape, vocab_size, embed_dim, project=False, name=name)
     return RNNClassifier(cell, inputs, num_classes, hidden, layers, bidirectional, dropout, pool)
 
@@ -227,7 +245,9 @@ def lstm(
     pool: str = "mean",
 ) -> nn.Module:
     """LSTM over sequences or token ids (0 = padding); pool mean: masked mean over time, last: final states."""
-    return _rnn(nn.LSTM, "lstm", input_shape, num_classes, vocab_size, hidden, layers, bidirectional, dropout, embed_dim, pool)
+    return _rnn(
+        nn.LSTM, "lstm", input_shape, num_classes, vocab_size, hidden, layers, bidirectional, dropout, embed_dim, pool
+    )
 
 
 @register_model(inputs=("sequence", "tokens"))
@@ -243,7 +263,9 @@ def gru(
     pool: str = "mean",
 ) -> nn.Module:
     """GRU over sequences or token ids (0 = padding); pool mean: masked mean over time, last: final states."""
-    return _rnn(nn.GRU, "gru", input_shape, num_classes, vocab_size, hidden, layers, bidirectional, dropout, embed_dim, pool)
+    return _rnn(
+        nn.GRU, "gru", input_shape, num_classes, vocab_size, hidden, layers, bidirectional, dropout, embed_dim, pool
+    )
 
 
 @register_model(inputs=("sequence", "tokens"))

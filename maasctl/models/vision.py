@@ -35,7 +35,9 @@ def _torchvision_models():
 
 def _check_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
-        raise UsageError(f"model.name: {name} takes images (C,H,W), but this data has samples of shape {list(input_shape)}")
+        raise UsageError(
+            f"model.name: {name} takes images (C,H,W), but this data has samples of shape {list(input_shape)}"
+        )
     c, h, w = input_shape
     return c, h, w
 
@@ -46,7 +48,9 @@ def _small_stem(name: str, stem: str, h: int, w: int) -> bool:
     return stem == "small" or (stem == "auto" and min(h, w) < SMALL_IMAGE)
 
 
-def _conv_like(old: nn.Conv2d, in_channels: int, *, kernel_size: int | None = None, stride: int | None = None) -> nn.Conv2d:
+def _conv_like(
+    old: nn.Conv2d, in_channels: int, *, kernel_size: int | None = None, stride: int | None = None
+) -> nn.Conv2d:
     """A freshly initialised copy of `old` with other input channels, kernel size or stride ("same" padding kept)."""
     k = kernel_size or old.kernel_size[0]
     conv = nn.Conv2d(
@@ -96,7 +100,9 @@ def load_pretrained(model: nn.Module, path: str, *, name: str, head: str) -> Non
     skipped = [k for k in head_keys if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
     if skipped:
         skipped = head_keys  # all of the head or none of it
-        log.info("pretrained %s: the head %s* does not fit this data's classes; it stays freshly initialised", file, head)
+        log.info(
+            "pretrained %s: the head %s* does not fit this data's classes; it stays freshly initialised", file, head
+        )
     state = {k: v for k, v in state.items() if k not in skipped}
     # BatchNorm's counter is bookkeeping, not a weight; older checkpoints lack it.
     missing = [k for k in own if k not in state and k not in skipped and not k.endswith("num_batches_tracked")]
@@ -124,7 +130,11 @@ def load_pretrained(model: nn.Module, path: str, *, name: str, head: str) -> Non
 
 def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     def is_state(d: Any) -> bool:
-        return isinstance(d, Mapping) and len(d) > 0 and all(isinstance(k, str) and torch.is_tensor(v) for k, v in d.items())
+        return (
+            isinstance(d, Mapping)
+            and len(d) > 0
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in d.items())
+        )
 
     for candidate in (obj, *(obj.get(k) for k in ("model", "state_dict") if isinstance(obj, Mapping))):
         if is_state(candidate):
@@ -162,12 +172,20 @@ def _resnet(name: str, input_shape: tuple[int, ...], num_classes: int, stem: str
 
 
 def _mobilenet_v3(
-    name: str, input_shape: tuple[int, ...], num_classes: int, stem: str, width_mult: float, dropout: float, pretrained: str | None
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    stem: str,
+    width_mult: float,
+    dropout: float,
+    pretrained: str | None,
 ) -> nn.Module:
     c, h, w = _check_image(name, input_shape)
     if width_mult <= 0:
         raise UsageError(f"model.params.width_mult: {name} needs a positive width multiplier, not {width_mult}")
-    model = getattr(_torchvision_models(), name)(weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    model = getattr(_torchvision_models(), name)(
+        weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout
+    )
     _adapt_first_conv(model.features, c, _small_stem(name, stem, h, w))
     return _finish(model, pretrained, name, head="classifier.3.")
 
@@ -176,13 +194,17 @@ def _mobilenet_v3(
 
 
 @register_model(inputs=("image",))
-def resnet18(input_shape: tuple[int, ...], num_classes: int, stem: str = "auto", pretrained: str | None = None) -> nn.Module:
+def resnet18(
+    input_shape: tuple[int, ...], num_classes: int, stem: str = "auto", pretrained: str | None = None
+) -> nn.Module:
     """torchvision ResNet-18 (11M params); stem auto: CIFAR-style 3x3 stem below 64 px; pretrained: local state_dict."""
     return _resnet("resnet18", input_shape, num_classes, stem, pretrained)
 
 
 @register_model(inputs=("image",))
-def resnet50(input_shape: tuple[int, ...], num_classes: int, stem: str = "auto", pretrained: str | None = None) -> nn.Module:
+def resnet50(
+    input_shape: tuple[int, ...], num_classes: int, stem: str = "auto", pretrained: str | None = None
+) -> nn.Module:
     """torchvision ResNet-50 (24M params); stem auto: CIFAR-style 3x3 stem below 64 px; pretrained: local state_dict."""
     return _resnet("resnet50", input_shape, num_classes, stem, pretrained)
 
@@ -225,7 +247,9 @@ def efficientnet_b0(
     """torchvision EfficientNet-B0 (4M params); stem auto: stride-1 stem below 64 px; pretrained: local state_dict."""
     c, h, w = _check_image("efficientnet_b0", input_shape)
     tvm = _torchvision_models()
-    model = tvm.efficientnet_b0(weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=stochastic_depth)
+    model = tvm.efficientnet_b0(
+        weights=None, num_classes=num_classes, dropout=dropout, stochastic_depth_prob=stochastic_depth
+    )
     _adapt_first_conv(model.features, c, _small_stem("efficientnet_b0", stem, h, w))
     return _finish(model, pretrained, "efficientnet_b0", head="classifier.1.")
 
@@ -246,11 +270,15 @@ def vit_b_16(
     """
     c, h, w = _check_image("vit_b_16", input_shape)
     if h != w:
-        raise UsageError(f"model.name: vit_b_16 needs square images, but this data has {h}x{w}; resize them (data.image_size)")
+        raise UsageError(
+            f"model.name: vit_b_16 needs square images, but this data has {h}x{w}; resize them (data.image_size)"
+        )
     if patch_size is None:
         patch_size = max(p for p in range(1, 17) if h % p == 0)
     elif patch_size < 1 or h % patch_size:
-        raise UsageError(f"model.params.patch_size: {patch_size} does not divide the image side {h}; pick a divisor of {h}")
+        raise UsageError(
+            f"model.params.patch_size: {patch_size} does not divide the image side {h}; pick a divisor of {h}"
+        )
     model = _torchvision_models().VisionTransformer(
         image_size=h,
         patch_size=patch_size,

@@ -12,9 +12,10 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from maasctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, MaasctlError, UsageError
 
@@ -69,39 +70,87 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maasctl predict", description=SUMMARY, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("model", metavar="MODEL", help="repository name, name:version, or a model folder; with --url, the served model's name[:version]")
-    p.add_argument("inputs", metavar="INPUT", nargs="*", help="image, tensor, .csv, .txt or .jsonl files, folders, glob patterns, or - for stdin")
-    p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text to classify (text models; repeatable)")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="repository name, name:version, or a model folder; with --url, the served model's name[:version]",
+    )
+    p.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="*",
+        help="image, tensor, .csv, .txt or .jsonl files, folders, glob patterns, or - for stdin",
+    )
+    p.add_argument(
+        "--text", action="append", default=[], metavar="TEXT", help="a text to classify (text models; repeatable)"
+    )
 
     target = p.add_argument_group("where the model runs")
-    target.add_argument("--url", help="a running server (maasctl serve, or any Open Inference Protocol server for tensors)")
-    target.add_argument("--token", default=os.environ.get("MAASCTL_TOKEN") or None,
-                        help="sent as 'Authorization: Bearer TOKEN' (default: $MAASCTL_TOKEN; prefer it, argv shows in ps)")
-    target.add_argument("--timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="per server request (default 30)")
-    target.add_argument("--repo", type=Path, metavar="DIR", default=Path(os.environ.get("MAASCTL_REPO") or "artifacts/models"),
-                        help="model repository for local models (default: $MAASCTL_REPO or artifacts/models)")
-    target.add_argument("--device", choices=("cpu", "auto", "cuda"), help="local models: onnxruntime device (default cpu)")
+    target.add_argument(
+        "--url", help="a running server (maasctl serve, or any Open Inference Protocol server for tensors)"
+    )
+    target.add_argument(
+        "--token",
+        default=os.environ.get("MAASCTL_TOKEN") or None,
+        help="sent as 'Authorization: Bearer TOKEN' (default: $MAASCTL_TOKEN; prefer it, argv shows in ps)",
+    )
+    target.add_argument(
+        "--timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="per server request (default 30)"
+    )
+    target.add_argument(
+        "--repo",
+        type=Path,
+        metavar="DIR",
+        default=Path(os.environ.get("MAASCTL_REPO") or "artifacts/models"),
+        help="model repository for local models (default: $MAASCTL_REPO or artifacts/models)",
+    )
+    target.add_argument(
+        "--device", choices=("cpu", "auto", "cuda"), help="local models: onnxruntime device (default cpu)"
+    )
 
     run = p.add_argument_group("running")
-    run.add_argument("--batch-size", type=_positive(int), default=64, metavar="N", help="samples per inference call (default 64)")
-    run.add_argument("--fail-fast", action="store_true", help="stop at the first input that fails (those before it are still predicted)")
+    run.add_argument(
+        "--batch-size", type=_positive(int), default=64, metavar="N", help="samples per inference call (default 64)"
+    )
+    run.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first input that fails (those before it are still predicted)",
+    )
 
     out = p.add_argument_group("output")
-    out.add_argument("--format", choices=("table", "json", "csv"),
-                     help="table (default), json, or csv; with --output FILE.json/.csv, taken from the suffix")
-    out.add_argument("--json", action="store_true",
-                     help='same as --format json: {"predictions": [{input, label, probability, index, top_k}], "errors", "summary"}')
-    out.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the results to FILE (atomically) instead of stdout")
-    out.add_argument("--top-k", type=_positive(int), default=1, metavar="K", help="also report the K most likely labels (default 1)")
+    out.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        help="table (default), json, or csv; with --output FILE.json/.csv, taken from the suffix",
+    )
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help='same as --format json: {"predictions": [{input, label, probability, index, top_k}], "errors", "summary"}',
+    )
+    out.add_argument(
+        "--output", "-o", type=Path, metavar="FILE", help="write the results to FILE (atomically) instead of stdout"
+    )
+    out.add_argument(
+        "--top-k", type=_positive(int), default=1, metavar="K", help="also report the K most likely labels (default 1)"
+    )
 
     gate = p.add_argument_group("gating")
     source = gate.add_mutually_exclusive_group()
     source.add_argument("--expect", metavar="LABEL", help="every input should be predicted as LABEL")
     source.add_argument("--labels-file", type=Path, metavar="FILE", help="expected labels per input (CSV or JSON)")
-    source.add_argument("--labels-from-folders", action="store_true", help="the folder holding each input file is its expected label")
-    source.add_argument("--labels-from-column", action="store_true",
-                        help="CSV/JSONL inputs: the label column named in the model's recipe (data.label_column)")
-    gate.add_argument("--min-accuracy", metavar="X", help="fail only when accuracy < X (0.95 or 95%%) instead of on any mismatch")
+    source.add_argument(
+        "--labels-from-folders", action="store_true", help="the folder holding each input file is its expected label"
+    )
+    source.add_argument(
+        "--labels-from-column",
+        action="store_true",
+        help="CSV/JSONL inputs: the label column named in the model's recipe (data.label_column)",
+    )
+    gate.add_argument(
+        "--min-accuracy", metavar="X", help="fail only when accuracy < X (0.95 or 95%%) instead of on any mismatch"
+    )
     return p
 
 
@@ -150,8 +199,15 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("--device is for local models; a server runs on the device it was started with")
     min_accuracy = None
     if args.min_accuracy is not None:
-        if args.expect is None and args.labels_file is None and not args.labels_from_folders and not args.labels_from_column:
-            parser.error("--min-accuracy needs expected labels: --expect, --labels-file, --labels-from-folders or --labels-from-column")
+        if (
+            args.expect is None
+            and args.labels_file is None
+            and not args.labels_from_folders
+            and not args.labels_from_column
+        ):
+            parser.error(
+                "--min-accuracy needs expected labels: --expect, --labels-file, --labels-from-folders or --labels-from-column"
+            )
         from maasctl.predict.gate import parse_accuracy
 
         try:
@@ -187,12 +243,19 @@ def _run(args: argparse.Namespace, fmt: str, min_accuracy: float | None) -> int:
             _emit(args, fmt, outcome, None, _summary(args, outcome, None, None, started, exc.exit_code), log)
         return exc.exit_code
 
-    items = expand_inputs(args.inputs, sys.stdin.buffer if sys.stdin else None, [p for p in (args.labels_file, args.output) if p])
+    items = expand_inputs(
+        args.inputs, sys.stdin.buffer if sys.stdin else None, [p for p in (args.labels_file, args.output) if p]
+    )
     items += text_sources(args.text)
     with log.progress(len(items), enabled=len(items) >= PROGRESS_MIN_INPUTS and sys.stderr.isatty()):
         outcome = run_predictions(
-            target, items, batch_size=args.batch_size, top_k=args.top_k, fail_fast=args.fail_fast,
-            on_problem=log.problem, on_source=log.advance,
+            target,
+            items,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            fail_fast=args.fail_fast,
+            on_problem=log.problem,
+            on_source=log.advance,
         )
     if expectations is not None:
         gate = _judge(args, expectations, outcome, labels, min_accuracy, log)
@@ -231,7 +294,14 @@ def _open_target(args: argparse.Namespace) -> Any:
     return LocalTarget(args.model, args.repo, device=args.device or "cpu")
 
 
-def _judge(args: argparse.Namespace, expectations: Any, outcome: Any, model_labels: list[str], min_accuracy: float | None, log: "_Reporter") -> Any:
+def _judge(
+    args: argparse.Namespace,
+    expectations: Any,
+    outcome: Any,
+    model_labels: list[str],
+    min_accuracy: float | None,
+    log: _Reporter,
+) -> Any:
     from maasctl.predict.gate import LabelsFile, apply_expectations
     from maasctl.predict.inputs import Problem
 
@@ -240,18 +310,24 @@ def _judge(args: argparse.Namespace, expectations: Any, outcome: Any, model_labe
         log.line(f"warning: expected label {label!r} is not one of the model's labels ({', '.join(model_labels)})")
     if isinstance(expectations, LabelsFile):
         if gate.unlabelled and gate.labelled:
-            log.line(f"warning: {len(gate.unlabelled)} inputs have no label in {args.labels_file} (first: {gate.unlabelled[0]}); they are not counted")
+            log.line(
+                f"warning: {len(gate.unlabelled)} inputs have no label in {args.labels_file} (first: {gate.unlabelled[0]}); they are not counted"
+            )
         unused = [k for k in expectations.keys if k not in expectations.used]
         if unused and not outcome.stopped:
             log.line(f"warning: {len(unused)} entries of {args.labels_file} match no input (first: {unused[0]})")
     if outcome.predictions and not gate.labelled:
-        problem = Problem(None, f"no input has an expected label (first input: {outcome.predictions[0].input}); nothing to gate on")
+        problem = Problem(
+            None, f"no input has an expected label (first input: {outcome.predictions[0].input}); nothing to gate on"
+        )
         outcome.problems.append(problem)
         log.problem(problem)
     return gate
 
 
-def _summary(args: argparse.Namespace, outcome: Any, target: Any, gate: Any, started: float, code: int) -> dict[str, Any]:
+def _summary(
+    args: argparse.Namespace, outcome: Any, target: Any, gate: Any, started: float, code: int
+) -> dict[str, Any]:
     failed = sum(1 for p in outcome.problems if p.input is not None)
     summary = {
         "model": target.name if target else args.model,
@@ -277,7 +353,7 @@ def _summary(args: argparse.Namespace, outcome: Any, target: Any, gate: Any, sta
     return summary
 
 
-def _emit(args: argparse.Namespace, fmt: str, outcome: Any, gate: Any, summary: dict[str, Any], log: "_Reporter") -> None:
+def _emit(args: argparse.Namespace, fmt: str, outcome: Any, gate: Any, summary: dict[str, Any], log: _Reporter) -> None:
     from maasctl.predict import report
 
     top_k = max((len(p.top_k) for p in outcome.predictions), default=1)
@@ -313,7 +389,7 @@ def _emit(args: argparse.Namespace, fmt: str, outcome: Any, gate: Any, summary: 
     log.line(f"wrote {len(outcome.predictions)} predictions ({fmt}) to {args.output}")
 
 
-def _report(outcome: Any, gate: Any, summary: dict[str, Any], log: "_Reporter") -> None:
+def _report(outcome: Any, gate: Any, summary: dict[str, Any], log: _Reporter) -> None:
     """The closing lines on stderr, for people and CI logs."""
     if gate is not None:
         wrong = [p for p in outcome.predictions if p.correct is False]
@@ -322,7 +398,11 @@ def _report(outcome: Any, gate: Any, summary: dict[str, Any], log: "_Reporter") 
         if len(wrong) > MISMATCHES_SHOWN:
             log.line(f"... and {len(wrong) - MISMATCHES_SHOWN} more mismatches")
         if gate.labelled:
-            bar = f" (minimum {gate.min_accuracy:.2%})" if gate.min_accuracy is not None else " (every prediction must match)"
+            bar = (
+                f" (minimum {gate.min_accuracy:.2%})"
+                if gate.min_accuracy is not None
+                else " (every prediction must match)"
+            )
             log.line(f"accuracy {gate.accuracy:.2%} ({gate.correct} of {gate.labelled}); gate {summary['gate']}{bar}")
     model = summary["model"] + (f":{summary['version']}" if summary["version"] else "")
     line = f"predicted {summary['predicted']} of {summary['inputs']} inputs with {model} on {summary['target']} in {summary['seconds']:.2f} s"

@@ -18,7 +18,15 @@ from typing import Any, Protocol
 
 from maasctl.errors import UsageError
 from maasctl.predict.engine import Prediction
-from maasctl.predict.inputs import STDIN_NAME, TEXT_NAME, Source, kind_of, read_csv_records, read_jsonl_records, recipe_data
+from maasctl.predict.inputs import (
+    STDIN_NAME,
+    TEXT_NAME,
+    Source,
+    kind_of,
+    read_csv_records,
+    read_jsonl_records,
+    recipe_data,
+)
 
 _ITEM = re.compile(r"^(.*)\[(\d+)\]$")  # `batch.npy[3]`: the 4th sample of a batch file
 _HEADER_INPUT = {"input", "path", "file", "filename", "image"}
@@ -127,7 +135,7 @@ def _json_entries(path: Path, text: str) -> list[tuple[str, Any]]:
         raise UsageError(f"--labels-file {path}: not valid JSON ({exc})") from None
     if isinstance(doc, list):  # [{"input": ..., "label": ...}, ...]
         if not all(isinstance(e, dict) and "input" in e and "label" in e for e in doc):
-            raise UsageError(f"--labels-file {path}: a JSON list must hold {{\"input\": PATH, \"label\": LABEL}} objects")
+            raise UsageError(f'--labels-file {path}: a JSON list must hold {{"input": PATH, "label": LABEL}} objects')
         doc = {str(e["input"]): e["label"] for e in doc}
     if not isinstance(doc, dict):
         raise UsageError(f"--labels-file {path}: give a JSON object mapping input path to expected label")
@@ -144,7 +152,12 @@ def _label(path: Path, key: str, value: Any) -> Any:
 
 def _csv_entries(path: Path, text: str) -> list[tuple[str, Any]]:
     rows = [(n, r) for n, r in enumerate(csv.reader(io.StringIO(text)), 1) if any(c.strip() for c in r)]
-    if rows and rows[0][1][0].strip().lower() in _HEADER_INPUT and len(rows[0][1]) > 1 and rows[0][1][1].strip().lower() in _HEADER_LABEL:
+    if (
+        rows
+        and rows[0][1][0].strip().lower() in _HEADER_INPUT
+        and len(rows[0][1]) > 1
+        and rows[0][1][1].strip().lower() in _HEADER_LABEL
+    ):
         rows = rows[1:]
     entries = []
     for n, row in rows:
@@ -184,7 +197,9 @@ class GateResult:
         }
 
 
-def apply_expectations(predictions: list[Prediction], expectations: Expectations, model_labels: list[str], min_accuracy: float | None) -> GateResult:
+def apply_expectations(
+    predictions: list[Prediction], expectations: Expectations, model_labels: list[str], min_accuracy: float | None
+) -> GateResult:
     """Set each prediction's `expected` label and count how many are right."""
     result = GateResult(min_accuracy=min_accuracy)
     known = set(model_labels)
@@ -205,7 +220,9 @@ def parse_accuracy(text: str) -> float:
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise UsageError(f"--min-accuracy {text!r}: give a fraction such as 0.95, or a percentage such as 95%") from None
+        raise UsageError(
+            f"--min-accuracy {text!r}: give a fraction such as 0.95, or a percentage such as 95%"
+        ) from None
     if not 0 <= value <= 1:
         raise UsageError(f"--min-accuracy {text!r}: must lie between 0 and 1 (or 0% and 100%)")
     return value

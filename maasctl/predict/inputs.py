@@ -16,15 +16,18 @@ import glob
 import io
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from maasctl.errors import EXIT_USAGE, Unavailable, UsageError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
 TENSOR_SUFFIXES = frozenset({".npy", ".npz", ".json"})
 # Rows and texts: read when named outright (never picked from folders or patterns, where labels files live).
 ROW_SUFFIXES = {".csv": "csv", ".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -77,14 +80,16 @@ class ModelInput:
     manifest: dict[str, Any]
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> "ModelInput":
+    def from_manifest(cls, manifest: dict[str, Any]) -> ModelInput:
         inputs = manifest.get("inputs") or []
         if len(inputs) != 1:
             raise Unavailable(f"predict needs a model with exactly one input; this one has {len(inputs)}")
         spec = inputs[0]
         dtype = numeric_dtype(spec["datatype"])
         if dtype is None:
-            raise Unavailable(f"predict sends numeric tensors; the model's input {spec['name']!r} is {spec['datatype']}")
+            raise Unavailable(
+                f"predict sends numeric tensors; the model's input {spec['name']!r} is {spec['datatype']}"
+            )
         return cls(spec["name"], tuple(spec["shape"]), dtype, manifest.get("preprocessing"), manifest)
 
     @property
@@ -122,7 +127,9 @@ def text_sources(texts: Iterable[str]) -> list[Source]:
     return [Source(f"{TEXT_NAME}[{i}]", "text", t.encode("utf-8")) for i, t in enumerate(texts)]
 
 
-def expand_inputs(args: Iterable[str], stdin: BinaryIO | None = None, exclude: Iterable[str] = ()) -> list[Source | Problem]:
+def expand_inputs(
+    args: Iterable[str], stdin: BinaryIO | None = None, exclude: Iterable[str] = ()
+) -> list[Source | Problem]:
     """Sources in argument order, with a `Problem` where an argument names nothing readable.
 
     Named files are read whatever their suffix; folders and glob patterns select image and tensor files by
@@ -294,7 +301,9 @@ def _npz_array(name: str, raw: bytes) -> np.ndarray:
             return archive["x"]
         if len(keys) == 1:
             return archive[keys[0]]
-    raise UsageError(f"{name}: an .npz needs an array named 'x' or exactly one array; it has {', '.join(keys) or 'none'}")
+    raise UsageError(
+        f"{name}: an .npz needs an array named 'x' or exactly one array; it has {', '.join(keys) or 'none'}"
+    )
 
 
 def _json_array(name: str, raw: bytes, model_input: ModelInput) -> np.ndarray:
@@ -308,7 +317,9 @@ def _json_array(name: str, raw: bytes, model_input: ModelInput) -> np.ndarray:
         return _v2_request_array(name, raw, model_input)
     if isinstance(doc, dict):
         if "data" not in doc:
-            raise UsageError(f"{name}: a JSON tensor is a nested list, {{\"data\": ...}}, or an infer request {{\"inputs\": [...]}}")
+            raise UsageError(
+                f'{name}: a JSON tensor is a nested list, {{"data": ...}}, or an infer request {{"inputs": [...]}}'
+            )
         doc = doc["data"]
     try:
         return np.asarray(doc)
@@ -346,7 +357,9 @@ def _split_batch(name: str, array: np.ndarray, model_input: ModelInput) -> list[
             return [Sample(name, name, None, array[0])]
         return [Sample(f"{name}[{i}]", name, i, a) for i, a in enumerate(array)]
     shape = model_input.describe_shape()
-    raise UsageError(f"{name}: a tensor of shape {list(array.shape)}; the model takes {shape} or a batch [N, {shape[1:]}")
+    raise UsageError(
+        f"{name}: a tensor of shape {list(array.shape)}; the model takes {shape} or a batch [N, {shape[1:]}"
+    )
 
 
 def _fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
@@ -420,7 +433,9 @@ def _read_csv_rows(source: Source, model_input: ModelInput) -> list[Sample | Pro
     columns = list(spec["columns"])
     missing = [c for c in columns if c not in header]
     if missing:
-        raise UsageError(f"{name}: no column {', '.join(missing)} (the model takes {', '.join(columns)}; the file has {', '.join(header) or 'no header'})")
+        raise UsageError(
+            f"{name}: no column {', '.join(missing)} (the model takes {', '.join(columns)}; the file has {', '.join(header) or 'no header'})"
+        )
     if not rows:
         raise UsageError(f"{name}: a header but no rows")
     out: list[Sample | Problem] = []

@@ -12,7 +12,11 @@ from maasctl.predict.inputs import Problem
 
 
 def render_json(predictions: list[Prediction], problems: list[Problem], summary: dict[str, Any]) -> str:
-    doc = {"predictions": [p.to_json() for p in predictions], "errors": [p.to_json() for p in problems], "summary": summary}
+    doc = {
+        "predictions": [p.to_json() for p in predictions],
+        "errors": [p.to_json() for p in problems],
+        "summary": summary,
+    }
     return json.dumps(doc) + "\n"
 
 

@@ -66,7 +66,9 @@ class RemoteTarget:
         name, _, version = spec.partition(":")
         if version and not version.isdecimal():
             raise UsageError(f"model {spec!r}: the version after ':' must be a number, e.g. {name}:1")
-        self._model_path = f"{parts.path.rstrip('/')}/v2/models/{quote(name, safe='')}" + (f"/versions/{version}" if version else "")
+        self._model_path = f"{parts.path.rstrip('/')}/v2/models/{quote(name, safe='')}" + (
+            f"/versions/{version}" if version else ""
+        )
         self.manifest = self._fetch_manifest()
         self.name = self.manifest.get("name", name)
         self.version = str(self.manifest["version"]) if self.manifest.get("version") is not None else (version or None)
@@ -86,15 +88,19 @@ class RemoteTarget:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         data = np.ascontiguousarray(batch, dtype=batch.dtype.newbyteorder("<")).tobytes()
-        header = json.dumps({
-            "inputs": [{
-                "name": self._input["name"],
-                "shape": list(batch.shape),
-                "datatype": self._input["datatype"],
-                "parameters": {"binary_data_size": len(data)},
-            }],
-            "outputs": [{"name": self._output, "parameters": {"binary_data": True}}],
-        }).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": self._input["name"],
+                        "shape": list(batch.shape),
+                        "datatype": self._input["datatype"],
+                        "parameters": {"binary_data_size": len(data)},
+                    }
+                ],
+                "outputs": [{"name": self._output, "parameters": {"binary_data": True}}],
+            }
+        ).encode()
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
         status, reply_headers, body = self._request("POST", "/infer", header + data, headers)
         if status != 200:
@@ -115,7 +121,9 @@ class RemoteTarget:
             return UsageError(f"server rejected the batch ({status}: {message}){hint}")
         return Unavailable(f"{where}: {status} {message}")
 
-    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, bytes]:
         import http.client
 
         retry = self._conn is not None  # a kept-alive connection may have been closed by the server while idle
@@ -124,7 +132,9 @@ class RemoteTarget:
                 cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
                 self._conn = cls(self._netloc, timeout=self.timeout)
             try:
-                self._conn.request(method, self._model_path + path, body=body, headers={**self._headers, **(headers or {})})
+                self._conn.request(
+                    method, self._model_path + path, body=body, headers={**self._headers, **(headers or {})}
+                )
                 response = self._conn.getresponse()
                 return response.status, response.headers, response.read()
             except (http.client.HTTPException, OSError) as exc:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -126,7 +127,11 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
         else:
             entry["data"] = np.ascontiguousarray(array).ravel()
         outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version, "outputs": outputs}
+    doc: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    }
     if response.id is not None:
         doc["id"] = response.id
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -155,7 +160,9 @@ def _decode_raw(binary: bytes, signature: TensorSignature) -> InferRequest:
     array = _from_bytes(binary, datatype, None, name)
     per_item = math.prod(d for d in shape[1:] if d > 0) if shape else 1
     if any(d < 0 for d in shape[1:]) or per_item == 0 or array.size % per_item:
-        raise InvalidInput(f"raw request of {array.size} {datatype} values does not fill whole {name} items of shape {list(shape[1:])}")
+        raise InvalidInput(
+            f"raw request of {array.size} {datatype} values does not fill whole {name} items of shape {list(shape[1:])}"
+        )
     array = array.reshape((-1, *shape[1:]))
     if shape and shape[0] >= 0 and array.shape[0] != shape[0]:
         raise InvalidInput(f"raw request holds {array.shape[0]} {name} items; the model takes exactly {shape[0]}")
@@ -183,7 +190,9 @@ def _decode_input(i: int, item: dict[str, Any], binary: bytes, offset: int, sign
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} overruns the {len(binary) - offset} bytes left")
+            raise InvalidInput(
+                f"input {name!r}: binary_data_size {size!r} overruns the {len(binary) - offset} bytes left"
+            )
         array = _from_bytes(binary[offset : offset + size], datatype, shape, name)
         return name, array, offset + size
     if "data" not in item:
@@ -255,7 +264,9 @@ def _from_bytes(raw: bytes, datatype: str, shape: list[int] | None, name: str) -
         array = np.frombuffer(raw, dtype=dtype).astype(DATATYPES[datatype], copy=False)
     if shape is not None:
         if array.size != math.prod(shape):
-            raise InvalidInput(f"input {name!r}: binary data holds {array.size} values, shape {shape} needs {math.prod(shape)}")
+            raise InvalidInput(
+                f"input {name!r}: binary data holds {array.size} values, shape {shape} needs {math.prod(shape)}"
+            )
         array = array.reshape(shape)
     return array
 

@@ -6,7 +6,7 @@ This file is the only place defaults live. `maasctl recipe show` prints them res
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -24,7 +24,7 @@ class SplitConfig(Section):
     test: float = Field(0.15, gt=0, lt=1, description="fraction held out for the final metrics")
 
     @model_validator(mode="after")
-    def _fractions_sum_to_one(self) -> "SplitConfig":
+    def _fractions_sum_to_one(self) -> SplitConfig:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
@@ -34,7 +34,9 @@ class SplitConfig(Section):
 class AugmentConfig(Section):
     """Training-time image augmentation, applied per batch (never at validation, test or serving time)."""
 
-    random_crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then crop back at a random offset; 0: off")
+    random_crop_padding: int = Field(
+        0, ge=0, description="pad by this many pixels, then crop back at a random offset; 0: off"
+    )
     horizontal_flip: bool = Field(False, description="flip half of the images left-right")
 
 
@@ -120,7 +122,7 @@ def _source_of(value: Any) -> str:
 
 
 DataConfig = Annotated[
-    Union[tuple(Annotated[cls, Tag(tag)] for tag, cls in DATA_SOURCES.items())],  # type: ignore[misc]
+    tuple(Annotated[cls, Tag(tag)] for tag, cls in DATA_SOURCES.items()),  # type: ignore[misc]
     Discriminator(_source_of),
 ]
 
@@ -157,10 +159,14 @@ class TrainConfig(Section):
     )
     step_epochs: float = Field(10, gt=0, description="schedule step: epochs between learning-rate drops")
     step_gamma: float = Field(0.1, gt=0, le=1, description="schedule step: factor applied at each drop")
-    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up from 0, in epochs (fractions allowed)")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="linear learning-rate warm-up from 0, in epochs (fractions allowed)"
+    )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm to this; null: no clipping")
+    grad_clip: float | None = Field(
+        None, gt=0, description="clip the gradient's global norm to this; null: no clipping"
+    )
     best_metric: Literal["val_accuracy", "val_loss", "val_macro_f1"] = Field(
         "val_accuracy", description="picks best.pt and drives early stopping (ties on accuracy/F1 go to lower loss)"
     )
@@ -175,7 +181,10 @@ class TrainConfig(Section):
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="NHWC memory format for image (N,C,H,W) inputs and model: auto = on with CUDA, off on CPU"
     )
-    compile: bool = Field(False, description="torch.compile the training step: slower start, faster steps (on CPU it needs a C++ compiler)")
+    compile: bool = Field(
+        False,
+        description="torch.compile the training step: slower start, faster steps (on CPU it needs a C++ compiler)",
+    )
     data_placement: Literal["auto", "device", "host"] = Field(
         "auto",
         description="where each data split lives while training: device = copied to the device once, batches indexed "
@@ -184,8 +193,11 @@ class TrainConfig(Section):
         "for the splits that fit together in half of the free GPU memory, host for the others",
     )
     data_workers: int = Field(
-        0, ge=0, le=64, description="data_placement host: DataLoader worker processes slicing batches; 0 slices them in "
-        "the training process, which suits in-memory tensors"
+        0,
+        ge=0,
+        le=64,
+        description="data_placement host: DataLoader worker processes slicing batches; 0 slices them in "
+        "the training process, which suits in-memory tensors",
     )
 
     @field_validator("amp", "channels_last", mode="before")
@@ -199,15 +211,17 @@ class TrainConfig(Section):
 
 class ExportConfig(Section):
     opset: int = Field(18, ge=13, le=23, description="ONNX opset of the exported model")
-    atol: float = Field(1e-4, gt=0, description="largest |onnx - torch| difference the parity check accepts, per unit of logit scale (max |logit|, at least 1)")
+    atol: float = Field(
+        1e-4,
+        gt=0,
+        description="largest |onnx - torch| difference the parity check accepts, per unit of logit scale (max |logit|, at least 1)",
+    )
 
 
 class Recipe(Section):
     """A training recipe. Omitted keys take the defaults below; the resolved recipe is saved with each run."""
 
-    name: str = Field(
-        "digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="default run and model name"
-    )
+    name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="default run and model name")
     data: DataConfig = Field(default_factory=DigitsData, description="the dataset: pick one `source`")
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -76,7 +76,9 @@ def select_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def load_model(model: ModelVersion, device: str = "auto", verify: bool = True, allow_spinning: bool = True) -> LoadedModel:
+def load_model(
+    model: ModelVersion, device: str = "auto", verify: bool = True, allow_spinning: bool = True
+) -> LoadedModel:
     """`allow_spinning=False` stops onnxruntime's worker threads from busy-waiting between runs: better when the
     caller does CPU work of its own between runs (predict decoding images on a small machine)."""
     manifest = model.manifest()

@@ -8,7 +8,8 @@ path not served at all) needs `Authorization: Bearer <token>`; the token is comp
 from __future__ import annotations
 
 import hmac
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -34,19 +35,24 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         if credential is None:
-            message, challenge = "authentication required: send 'Authorization: Bearer <token>'", b'Bearer realm="maasctl"'
+            message, challenge = (
+                "authentication required: send 'Authorization: Bearer <token>'",
+                b'Bearer realm="maasctl"',
+            )
         else:
             message, challenge = "invalid token", b'Bearer realm="maasctl", error="invalid_token"'
         body = orjson.dumps({"error": message})
-        await send({
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", challenge),
-            ],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", challenge),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -15,11 +15,13 @@ models, and requests that cannot join one (inputs with different row counts, zer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,7 @@ log = logging.getLogger("maasctl.serve")
 
 
 TIMER_RESOLUTION_S = 0.001
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
@@ -103,7 +106,9 @@ class ModelBatcher:
         except asyncio.TimeoutError:
             where = "executing" if request.started else "in the queue"
             self._forget(request)
-            raise TimedOut(f"model {self.model.name!r}: no result within {timeout:g} s (--request-timeout-s); it was still {where}") from None
+            raise TimedOut(
+                f"model {self.model.name!r}: no result within {timeout:g} s (--request-timeout-s); it was still {where}"
+            ) from None
 
     def raise_if_full(self) -> None:
         """503 when the queue is full; called before decoding too, so an overloaded server refuses cheaply."""
@@ -122,10 +127,8 @@ class ModelBatcher:
     async def close(self) -> None:
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
 
     # --- the worker ---------------------------------------------------------------------------------------------
 
@@ -230,7 +233,9 @@ class ModelBatcher:
         total = sum(r.rows for r in batch)
         if any(a.ndim == 0 or a.shape[0] != total for a in results.values()):
             # The model's first output dimension is not the batch axis after all: stop batching it.
-            log.warning("model %s: outputs are not batched along axis 0; running its requests one by one", self.model.name)
+            log.warning(
+                "model %s: outputs are not batched along axis 0; running its requests one by one", self.model.name
+            )
             self.batchable = False
             for request in batch:
                 await self._run([request])

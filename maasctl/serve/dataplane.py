@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,9 @@ class DataPlane:
         model = self.model(name, version)
         return {**model.manifest, "name": model.name, "version": model.version, "provider": model.provider}
 
-    async def infer(self, name: str, version: str | None, body: bytes, header_length: str | None) -> tuple[bytes, dict[str, str]]:
+    async def infer(
+        self, name: str, version: str | None, body: bytes, header_length: str | None
+    ) -> tuple[bytes, dict[str, str]]:
         served = self.served.get(name, version)
         model = served.model
         with self.counted(model):
@@ -91,7 +94,9 @@ class DataPlane:
             response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
             return encode_response(response)
 
-    async def infer_tensors(self, name: str, version: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer_tensors(
+        self, name: str, version: str | None, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Inference on arrays already decoded (the file-upload endpoint), through the same batcher as infer. Not
         counted in the metrics: the caller counts its whole request with `counted`."""
         return await self.served.get(name, version).batcher.infer(inputs)

@@ -3,10 +3,29 @@ counters). Each DataPlane owns a registry of its own: several servers in one pro
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # 100 µs .. 10 s: a CPU batch of digits takes well under a millisecond, a queued request on a busy GPU seconds.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 LABELS = ("model", "version")
 
 # Why a request to a loaded model failed (the `reason` label of nv_inference_request_failure).
@@ -28,26 +47,40 @@ class Metrics:
         )
         self.count = Counter("nv_inference_count", "Samples inferred (rows along the batch axis)", LABELS, registry=r)
         self.exec_count = Counter(
-            "nv_inference_exec_count", "Model executions; nv_inference_count / this = average batch size", LABELS, registry=r
+            "nv_inference_exec_count",
+            "Model executions; nv_inference_count / this = average batch size",
+            LABELS,
+            registry=r,
         )
         self.pending = Gauge(
             "nv_inference_pending_request_count", "Requests queued for the model, not yet executing", LABELS, registry=r
         )
         self.queue_seconds = Histogram(
-            "maasctl_inference_queue_seconds", "Time a request waited in the model's queue", LABELS,
-            buckets=LATENCY_BUCKETS, registry=r,
+            "maasctl_inference_queue_seconds",
+            "Time a request waited in the model's queue",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.compute_seconds = Histogram(
-            "maasctl_inference_compute_seconds", "Time one model execution (one batch) took in onnxruntime", LABELS,
-            buckets=LATENCY_BUCKETS, registry=r,
+            "maasctl_inference_compute_seconds",
+            "Time one model execution (one batch) took in onnxruntime",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "maasctl_inference_request_seconds", "Time a successful request took, from decoding to encoded reply",
-            LABELS, buckets=LATENCY_BUCKETS, registry=r,
+            "maasctl_inference_request_seconds",
+            "Time a successful request took, from decoding to encoded reply",
+            LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.model_info = Gauge(
-            "maasctl_model_info", "1 for each model being served, with its execution provider and batching",
-            (*LABELS, "provider", "max_batch_size"), registry=r,
+            "maasctl_model_info",
+            "1 for each model being served, with its execution provider and batching",
+            (*LABELS, "provider", "max_batch_size"),
+            registry=r,
         )
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -66,10 +99,8 @@ class Metrics:
         info = self._info_labels.pop((name, str(version)), None)
         if info is not None:
             self.model_info.remove(*info)
-        try:
+        with contextlib.suppress(KeyError):
             self.pending.remove(name, str(version))
-        except KeyError:
-            pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -44,7 +44,7 @@ class VersionPolicy:
     latest: int | None  # None: all versions
 
     @classmethod
-    def parse(cls, text: str) -> "VersionPolicy":
+    def parse(cls, text: str) -> VersionPolicy:
         if text == "all":
             return cls(None)
         if text == "latest":
@@ -146,7 +146,9 @@ class ServedModels:
         version selected by the policy could not be loaded (what was serving before stays)."""
         async with self._lock:
             if not self.repo.versions(name):
-                raise NotFound(f"no model {name!r} in {self.repo.root} (models there: {', '.join(self.repo.names()) or 'none'})")
+                raise NotFound(
+                    f"no model {name!r} in {self.repo.root} (models there: {', '.join(self.repo.names()) or 'none'})"
+                )
             self.unloaded.discard(name)
             plan = await asyncio.to_thread(self._prepare, name, True)
             await self._apply_async(name, plan)
@@ -190,7 +192,7 @@ class ServedModels:
 
     # --- the work ------------------------------------------------------------------------------------------------
 
-    def _prepare(self, name: str, retry_failed: bool) -> "_Plan":
+    def _prepare(self, name: str, retry_failed: bool) -> _Plan:
         """Load (in whatever thread calls it) the versions the policy wants and that are not served yet."""
         on_disk = self.repo.versions(name)
         wanted = self.policy.select(on_disk)
@@ -221,10 +223,14 @@ class ServedModels:
         try:
             _warm_up(model)
         except Exception as exc:  # onnxruntime's own error types: a model that loads but cannot run
-            raise Unavailable(f"{model.name} version {version}: the warm-up inference failed: {str(exc).strip().splitlines()[0]}") from None
-        return ServedVersion(model, TensorSignature(model.inputs, model.outputs), ModelBatcher(model, self.batching, self.metrics))
+            raise Unavailable(
+                f"{model.name} version {version}: the warm-up inference failed: {str(exc).strip().splitlines()[0]}"
+            ) from None
+        return ServedVersion(
+            model, TensorSignature(model.inputs, model.outputs), ModelBatcher(model, self.batching, self.metrics)
+        )
 
-    def _apply(self, name: str, plan: "_Plan") -> list[ServedVersion]:
+    def _apply(self, name: str, plan: _Plan) -> list[ServedVersion]:
         """Make the plan's changes to the served set (no await inside: requests see the old set or the new one)."""
         for version, failure in plan.failed.items():
             self.failed[(name, version)] = failure
@@ -243,7 +249,7 @@ class ServedModels:
             del self.served[name]
         return retired
 
-    async def _apply_async(self, name: str, plan: "_Plan") -> None:
+    async def _apply_async(self, name: str, plan: _Plan) -> None:
         for served in self._apply(name, plan):
             await self._drain(served)
 
@@ -265,7 +271,6 @@ class ServedModels:
         return f"it failed to load ({reasons[-1]})" if reasons else ""
 
 
-
 @dataclass
 class _Plan:
     loaded: dict[int, ServedVersion] = field(default_factory=dict)  # newly loaded and warmed up
@@ -276,7 +281,9 @@ class _Plan:
 def _fingerprint(repo: ModelRepository, name: str, version: int) -> tuple:
     folder = repo.root / name / str(version)
     try:
-        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_file()))
+        return tuple(
+            sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder) if e.is_file())
+        )
     except OSError:
         return ()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
@@ -102,7 +102,9 @@ def create_app(
             raise InvalidInput('"parameters" must be an object')
         if parameters:
             # Triton lets a load override the config or upload files; maasctl serves what export filed, as filed.
-            raise InvalidInput(f"load parameters are not supported (got: {', '.join(sorted(parameters))}); export a new version instead")
+            raise InvalidInput(
+                f"load parameters are not supported (got: {', '.join(sorted(parameters))}); export a new version instead"
+            )
         await dataplane.load_model(request.path_params["name"])
         return Response(status_code=200)
 
@@ -127,7 +129,9 @@ def create_app(
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         # Keep starlette's headers: a 405 must say which methods are allowed (Allow: POST).
-        return json_response({"error": f"{request.method} {request.url.path}: {exc.detail}"}, exc.status_code, exc.headers)
+        return json_response(
+            {"error": f"{request.method} {request.url.path}: {exc.detail}"}, exc.status_code, exc.headers
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
@@ -150,6 +154,7 @@ def create_app(
             Route(prefix + "/infer", infer, methods=["POST"]),
             Route(prefix + "/predict", predict, methods=["POST"]),
         ]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         poller = asyncio.create_task(_poll(dataplane, poll_seconds)) if poll_seconds else None

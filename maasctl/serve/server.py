@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import logging
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -45,7 +45,9 @@ def serve(
         _json_lines_to_stdout(logging.getLogger("maasctl.access"))
     log = logging.getLogger("maasctl.serve")
     if token is None and not _is_loopback(host):
-        log.warning("listening on %s without a token: anyone who can reach the port can use it (set MAASCTL_TOKEN)", host)
+        log.warning(
+            "listening on %s without a token: anyone who can reach the port can use it (set MAASCTL_TOKEN)", host
+        )
     dataplane = DataPlane(ModelRepository(repo), device, batching, version_policy)
     dataplane.load_all()
     config = uvicorn.Config(

@@ -18,8 +18,9 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -50,7 +51,7 @@ MEDIA_KINDS = {
 }
 ACCEPTED = (
     "multipart/form-data (file parts; form fields are texts), image/*, text/csv, text/plain, "
-    "application/x-ndjson, application/json ({\"texts\": [...]}, {\"rows\": [{column: value}, ...]} or a tensor), "
+    'application/x-ndjson, application/json ({"texts": [...]}, {"rows": [{column: value}, ...]} or a tensor), '
     "application/x-npy, application/octet-stream (an image or a .npy/.npz tensor)"
 )
 _NPY_MAGIC = b"\x93NUMPY"
@@ -100,7 +101,11 @@ def body_sources(content_type: str | None, body: bytes, manifest: dict[str, Any]
         return [_json_body(body, manifest)]
     kind = MEDIA_KINDS.get(media)
     if kind is None:
-        hint = " (curl --data-binary sends that unless told otherwise: add -H 'Content-Type: image/png', say)" if media == "application/x-www-form-urlencoded" else ""
+        hint = (
+            " (curl --data-binary sends that unless told otherwise: add -H 'Content-Type: image/png', say)"
+            if media == "application/x-www-form-urlencoded"
+            else ""
+        )
         raise InvalidInput(f"Content-Type {media or 'missing'!s} is not accepted here{hint}; send one of: {ACCEPTED}")
     return [Source(BODY, kind, body)]
 
@@ -136,7 +141,9 @@ def _field_text(part: Part, manifest: dict[str, Any]) -> tuple[str, str]:
     if field == "top_k":
         raise InvalidInput("top_k is a query parameter: POST .../predict?top_k=3")
     if (manifest.get("preprocessing") or {}).get("kind") != "text":
-        raise InvalidInput(f"form field {field!r} holds a value, not a file: upload files with curl -F {field}=@PATH (the @)")
+        raise InvalidInput(
+            f"form field {field!r} holds a value, not a file: upload files with curl -F {field}=@PATH (the @)"
+        )
     try:
         return field, part.data.decode("utf-8")
     except UnicodeDecodeError:
@@ -217,7 +224,11 @@ def load_samples(sources: list[Source], spec: ModelInput) -> list[Sample]:
             problems.append(Problem(source.name, str(exc)))
         except Exception as exc:  # a decoder's own failure (Pillow's DecompressionBombError...): bad input all the same
             why = (str(exc).strip().splitlines() or [""])[0][:200]
-            problems.append(Problem(source.name, f"{source.name}: could not be read ({exc.__class__.__name__}{': ' * bool(why)}{why})"))
+            problems.append(
+                Problem(
+                    source.name, f"{source.name}: could not be read ({exc.__class__.__name__}{': ' * bool(why)}{why})"
+                )
+            )
     if problems:
         shown = "; ".join(p.message for p in problems[:SHOWN_PROBLEMS])
         more = len(problems) - SHOWN_PROBLEMS
@@ -247,7 +258,9 @@ async def predict(dataplane: DataPlane, model: LoadedModel, sources: list[Source
         outputs = await dataplane.infer_tensors(model.name, version, {spec.name: x})
         logits = outputs[output] if output in outputs else next(iter(outputs.values()))
         if logits.ndim != 2 or len(logits) != len(batch):
-            raise InvalidInput(f"model {model.name!r} does not give class scores (its output has shape {list(logits.shape)} for {len(batch)} inputs); use /infer")
+            raise InvalidInput(
+                f"model {model.name!r} does not give class scores (its output has shape {list(logits.shape)} for {len(batch)} inputs); use /infer"
+            )
         predictions += [p.to_json() for p in label_batch(batch, logits, labels, top_k)]
     return {"model_name": model.name, "model_version": version, "predictions": predictions}
 

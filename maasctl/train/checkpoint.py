@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 

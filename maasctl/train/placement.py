@@ -11,8 +11,9 @@ Either way a split gives the same batches in the same order, so the choice chang
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,13 +30,19 @@ class Placement:
     why: str
 
 
-def choose_placement(requested: str, device_type: str, split_bytes: dict[str, int], free_bytes: int | None) -> dict[str, Placement]:
+def choose_placement(
+    requested: str, device_type: str, split_bytes: dict[str, int], free_bytes: int | None
+) -> dict[str, Placement]:
     """Each split's placement: `requested` is train.data_placement, `split_bytes` the size of each split's arrays,
     `free_bytes` the free memory of the CUDA device (None elsewhere). A pure function, to be tested with numbers."""
     if requested == "host":
         return {s: Placement("host", "train.data_placement=host") for s in split_bytes}
     if device_type != "cuda":
-        why = "train.data_placement=device" if requested == "device" else "the device is the CPU: the data is in its memory"
+        why = (
+            "train.data_placement=device"
+            if requested == "device"
+            else "the device is the CPU: the data is in its memory"
+        )
         return {s: Placement("device", why) for s in split_bytes}
     assert free_bytes is not None
     total = sum(split_bytes.values())
@@ -45,7 +52,10 @@ def choose_placement(requested: str, device_type: str, split_bytes: dict[str, in
                 f"train.data_placement: device needs {_gib(total)} for the data splits, but the GPU has {_gib(free_bytes)} "
                 "free; use train.data_placement=auto (or host) to keep what does not fit in pinned host memory"
             )
-        return {s: Placement("device", f"train.data_placement=device; {_gib(total)} of {_gib(free_bytes)} free") for s in split_bytes}
+        return {
+            s: Placement("device", f"train.data_placement=device; {_gib(total)} of {_gib(free_bytes)} free")
+            for s in split_bytes
+        }
     budget, used, placement = DEVICE_SHARE * free_bytes, 0, {}
     for split, size in split_bytes.items():
         need = f"{_gib(size)}" + (f" with {_gib(used)} already on the GPU" if used else "")
@@ -70,7 +80,15 @@ def describe(placement: dict[str, Placement], device: torch.device) -> str:
 class SplitFeed:
     """One split's (x, y) batches, on the device, from wherever the split lives."""
 
-    def __init__(self, split: Any, device: torch.device, where: str, *, workers: int = 0, prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> None:
+    def __init__(
+        self,
+        split: Any,
+        device: torch.device,
+        where: str,
+        *,
+        workers: int = 0,
+        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    ) -> None:
         """`split`: numpy x and y; `prepare` lays out a device-resident x once (channels_last)."""
         x, y = torch.from_numpy(split.x), torch.from_numpy(split.y)
         self.device, self.where, self.n = device, where, len(y)
@@ -88,7 +106,9 @@ class SplitFeed:
             generator=torch.Generator(),  # its worker seed is drawn from here, not from the global RNG (dropout, augment)
         )
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """batch_size rows at a time (the last batch may be shorter): in `order` (indices on the CPU), or first to last."""
         if order is None:
             keys: list[Any] = [slice(i, i + batch_size) for i in range(0, self.n, batch_size)]

@@ -35,18 +35,30 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title: str = "test confusion matrix") -> None:
+def plot_confusion(
+    matrix: list[list[int]], labels: list[str], path: Path, title: str = "test confusion matrix"
+) -> None:
     plt = _pyplot()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * n, 0.8 + 0.5 * n))
     ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xticklabels=labels, yticklabels=labels, xlabel="predicted", ylabel="true", title=title)
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
     peak = max(max(row) for row in matrix) or 1
     if n <= 30:
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
                 if v:
-                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
+                    ax.text(
+                        j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black"
+                    )
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

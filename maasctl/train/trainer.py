@@ -14,9 +14,10 @@ import io
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,9 @@ class TrainResult:
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device cuda was requested, but torch sees no CUDA device on this machine; use --device cpu or auto")
+        raise UsageError(
+            "device cuda was requested, but torch sees no CUDA device on this machine; use --device cpu or auto"
+        )
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -143,15 +146,30 @@ class Trainer:
         """A split's batches on the device; a device-placed split is copied there once per run (not once per epoch)."""
         if split not in self._feeds:
             where, workers = self.placement[split].where, self.recipe.train.data_workers
-            self._feeds[split] = SplitFeed(getattr(self.data, split), self.device, where, workers=workers, prepare=self.accel.input)
+            self._feeds[split] = SplitFeed(
+                getattr(self.data, split), self.device, where, workers=workers, prepare=self.accel.input
+            )
         return self._feeds[split]
 
     def close(self) -> None:
         ddp.destroy_process_group()
 
     def fit(self, run_dir: Path, *, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
-        recipe, cfg, data, device, accel, env = self.recipe, self.recipe.train, self.data, self.device, self.accel, self.dist
-        model, train_model, optimizer, scheduler, scaler = self.model, self.train_model, self.optimizer, self.scheduler, self.scaler
+        recipe, cfg, data, device, accel, env = (
+            self.recipe,
+            self.recipe.train,
+            self.data,
+            self.device,
+            self.accel,
+            self.dist,
+        )
+        model, train_model, optimizer, scheduler, scaler = (
+            self.model,
+            self.train_model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+        )
         # Batch order; identical on every rank (each then takes its shard), saved in checkpoints so resume repeats it.
         shuffle = torch.Generator().manual_seed(cfg.seed)
 
@@ -195,7 +213,9 @@ class Trainer:
                 loss_sum.add_(loss.detach(), alpha=len(y))
                 correct.add_((logits.argmax(1) == y).sum())
             # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
-            totals = ddp.all_sum(torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)]))
+            totals = ddp.all_sum(
+                torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)])
+            )
             train_loss, train_correct, seen = totals.tolist()
             row = None
             if env.is_main:  # one evaluation, on rank 0's weights, shared so every rank takes the same decisions
@@ -236,7 +256,11 @@ class Trainer:
                 # dies in between, last.pt still points at an older epoch and a resume redoes this one; metrics.csv
                 # never runs ahead of last.pt.
                 names = (["best.pt"] if improved else []) + ["last.pt"]
-                writer.submit(_checkpoint_job([run_dir / "checkpoints" / n for n in names], snapshot(state), run_dir / "metrics.csv"))
+                writer.submit(
+                    _checkpoint_job(
+                        [run_dir / "checkpoints" / n for n in names], snapshot(state), run_dir / "metrics.csv"
+                    )
+                )
                 if on_epoch:
                     on_epoch(row, cfg.epochs)
             if cfg.early_stopping.patience and stale >= cfg.early_stopping.patience:
@@ -245,7 +269,9 @@ class Trainer:
         metrics = ddp.on_main(lambda: self._test_and_report(run_dir, history, writer))
         return TrainResult(run_dir=run_dir, metrics=metrics)
 
-    def _test_and_report(self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter) -> dict[str, Any]:
+    def _test_and_report(
+        self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter
+    ) -> dict[str, Any]:
         """Test the best checkpoint; write summary.json and the pictures. Rank 0 only."""
         cfg, data, device = self.recipe.train, self.data, self.device
         writer.wait()  # the last checkpoint is on disk
@@ -273,7 +299,7 @@ class Trainer:
             "epochs": len(history),
             "stopped_early": len(history) < cfg.epochs,
             "train_seconds": sum(r["seconds"] for r in history),
-            "samples": {split: int(len(getattr(data, split).y)) for split in ("train", "validation", "test")},
+            "samples": {split: len(getattr(data, split).y) for split in ("train", "validation", "test")},
             "metrics": metrics,
             "labels": data.labels,
             "test_confusion_matrix": test["confusion_matrix"],
@@ -307,7 +333,10 @@ def evaluate(
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         predictions.append(logits.argmax(1))
     y_pred = torch.cat(predictions).cpu().numpy()
-    return {"loss": loss_sum.item() / feed.n, **classification_metrics(getattr(data, split).y, y_pred, data.num_classes)}
+    return {
+        "loss": loss_sum.item() / feed.n,
+        **classification_metrics(getattr(data, split).y, y_pred, data.num_classes),
+    }
 
 
 def augment_batch(x: torch.Tensor, cfg: Any) -> torch.Tensor:
@@ -363,12 +392,16 @@ def _log_stderr(message: str) -> None:
 def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     o = recipe.train.optimizer
     if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        return torch.optim.SGD(
+            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+        )
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
     return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, steps_per_epoch: int):
+def _make_scheduler(
+    recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, steps_per_epoch: int
+):
     """Per-step learning-rate factor: linear warm-up, then the recipe's schedule (see TrainConfig.schedule)."""
     cfg = recipe.train
     step_size = max(1, round(cfg.step_epochs * steps_per_epoch))
@@ -406,5 +439,3 @@ def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
-
-
