@@ -6,7 +6,7 @@ This file is the only place defaults live. `maasctl recipe show` prints them res
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -122,7 +122,7 @@ def _source_of(value: Any) -> str:
 
 
 DataConfig = Annotated[
-    tuple(Annotated[cls, Tag(tag)] for tag, cls in DATA_SOURCES.items()),  # type: ignore[misc]
+    Union[tuple(Annotated[cls, Tag(tag)] for tag, cls in DATA_SOURCES.items())],  # type: ignore[misc]  # noqa: UP007 (a union built from a tuple)
     Discriminator(_source_of),
 ]
 

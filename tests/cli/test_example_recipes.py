@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 LOCAL = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml") if "maasctl examples" in p.read_text().splitlines()[0])
 DOWNLOADED = ["mnist_cnn.yaml", "cifar10_resnet18.yaml"]

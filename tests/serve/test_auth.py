@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import run_cli, start_server, stop_server
-from test_serve_batching import http
+from helpers import http, run_cli, start_server, stop_server
 from tritonclient.utils import InferenceServerException
 
 TOKEN = "s3cret-token"

@@ -7,7 +7,7 @@ import shutil
 
 import onnx
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_onnx_has_a_dynamic_batch_axis(model_repo):

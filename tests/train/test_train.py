@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 
 def _rows(path):

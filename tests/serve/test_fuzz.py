@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import file_onnx_model
+from helpers import file_onnx_model, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from onnx import TensorProto, helper, numpy_helper
-from test_serve_batching import serving
 
 from maasctl.repository import ModelRepository
 from maasctl.serve.dataplane import DataPlane

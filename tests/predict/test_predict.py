@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import free_port, start_server, stop_server
+from helpers import free_port, start_server, stop_server
 from PIL import Image
 
 from maasctl.errors import UsageError
@@ -595,7 +595,7 @@ def test_reading_ahead_while_a_batch_runs_changes_nothing_but_the_timing(
 
 # --- CSV rows (tabular models) and texts (text models) ------------------------------------------------------
 
-from conftest import run_cli  # noqa: E402
+from helpers import ROOT, run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -605,7 +605,7 @@ def rows_and_texts(tmp_path_factory):
 
     ws = tmp_path_factory.mktemp("rows")
     run_cli("examples", cwd=ws)
-    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    recipes = ROOT / "recipes"
 
     def train_and_export(recipe: str, epochs: int) -> None:  # the two models side by side: most of it is start-up
         run = json.loads(

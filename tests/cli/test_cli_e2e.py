@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import run_cli, start_server, stop_server
+from helpers import run_cli, start_server, stop_server
 from PIL import Image
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_doctor_reports_versions_and_providers():

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import run_cli
+from helpers import run_cli
 
 from maasctl.train.distributed import DistEnv, per_rank_batch, shard
 

@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
-from conftest import start_server, stop_server
-from test_serve_batching import infer, metric, scrape, wait_until
+from helpers import infer, metric, scrape, start_server, stop_server, wait_until
 
 
 def test_a_request_that_waits_too_long_gets_504_and_every_request_is_logged_as_json(model_repo):

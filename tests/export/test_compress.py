@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 from maasctl.errors import CheckFailed
 from maasctl.export.compress import check_accuracy_drop, int8_mode

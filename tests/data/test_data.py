@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 from PIL import Image
 
 from maasctl.data import build_dataset

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import file_onnx_model
+from helpers import file_onnx_model, metric, scrape, serving
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from test_serve_batching import metric, scrape, serving
 
 from maasctl.predict import LocalTarget, predict
 from maasctl.preprocess import TextEncoder, normalize_features, tabular_spec, text_spec

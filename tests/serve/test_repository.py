@@ -15,8 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import file_onnx_model, run_cli, start_server, stop_server
-from test_serve_batching import Gate, http, infer, metric, scrape, serving, wait_until
+from helpers import (
+    Gate,
+    file_onnx_model,
+    http,
+    infer,
+    metric,
+    run_cli,
+    scrape,
+    serving,
+    start_server,
+    stop_server,
+    wait_until,
+)
 from tritonclient.utils import InferenceServerException
 
 from maasctl.repository import ModelRepository

@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import start_server, stop_server
-from test_serve_batching import http, infer, load, metric, scrape
+from helpers import http, infer, load_dataplane, metric, scrape, start_server, stop_server
 
 LABELS = {"model": "digits", "version": "1"}
 
@@ -51,7 +50,7 @@ def test_metrics_count_requests_samples_executions_and_failures(server):
 
 
 def test_each_app_counts_on_its_own(model_repo):
-    a, b = load(model_repo), load(model_repo)
+    a, b = load_dataplane(model_repo), load_dataplane(model_repo)
     import asyncio
 
     body = json.dumps(
