@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from maasctl.errors import UsageError
+from maasctl.inputs.outputs import scores_output
 from maasctl.metrics import classification_metrics
 from maasctl.repository import ModelRepository, resolve_model
 from maasctl.runtime import load_model
@@ -32,7 +33,7 @@ def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size:
     recipe = Recipe.model_validate(recipe_doc)
     data = build_dataset(recipe.data, recipe.train.seed)
     part = getattr(data, split)
-    name_in, name_out = model.inputs[0].name, model.manifest["outputs"][0]["name"]
+    name_in, name_out = model.inputs[0].name, scores_output(model.manifest)
     predictions = [
         model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out].argmax(1)
         for i in range(0, len(part.y), batch_size)

@@ -221,7 +221,7 @@ class Gate:
 def load_dataplane(repo: Path, **batching: Any) -> DataPlane:
     dataplane = DataPlane(ModelRepository(repo), "cpu", BatchingConfig(**batching))
     dataplane.load_all()
-    assert dataplane.ready, dataplane.failures
+    assert dataplane.ready, dataplane.repository_index()
     return dataplane
 
 

@@ -218,8 +218,10 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def _run(args: argparse.Namespace, fmt: str, min_accuracy: float | None) -> int:
-    from maasctl.predict.engine import Outcome, model_labels, run_predictions
-    from maasctl.predict.inputs import ModelInput, Problem, expand_inputs, text_sources
+    from maasctl.inputs.outputs import model_labels
+    from maasctl.inputs.types import ModelInput, Problem
+    from maasctl.predict.engine import Outcome, run_predictions
+    from maasctl.predict.inputs import expand_inputs, text_sources
 
     started = time.perf_counter()
     log = _Reporter()
@@ -302,8 +304,8 @@ def _judge(
     min_accuracy: float | None,
     log: _Reporter,
 ) -> Any:
+    from maasctl.inputs.types import Problem
     from maasctl.predict.gate import LabelsFile, apply_expectations
-    from maasctl.predict.inputs import Problem
 
     gate = apply_expectations(outcome.predictions, expectations, model_labels, min_accuracy)
     for label in gate.unknown_labels[:5]:

@@ -16,37 +16,11 @@ from typing import Any
 import numpy as np
 
 from maasctl.errors import EXIT_UNAVAILABLE, MaasctlError, UsageError
-from maasctl.predict.inputs import ModelInput, Problem, Sample, Source, expand_inputs, load_source, stack_samples
+from maasctl.inputs.decode import load_source, stack_samples
+from maasctl.inputs.outputs import Prediction, label_batch, model_labels
+from maasctl.inputs.types import ModelInput, Problem, Sample, Source
+from maasctl.predict.inputs import expand_inputs
 from maasctl.predict.targets import Target
-
-
-@dataclass
-class Prediction:
-    input: str
-    label: str
-    probability: float
-    index: int
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    source: str = ""  # the file the input came from
-    item: int | None = None  # its index in a batch file
-    expected: str | None = None
-
-    @property
-    def correct(self) -> bool | None:
-        return None if self.expected is None else self.label == self.expected
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "input": self.input,
-            "label": self.label,
-            "probability": self.probability,
-            "index": self.index,
-            "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
-        }
-        if self.expected is not None:
-            doc["expected"] = self.expected
-            doc["correct"] = self.correct
-        return doc
 
 
 @dataclass
@@ -192,33 +166,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on macOS or Windows
         return os.cpu_count() or 1
-
-
-def model_labels(manifest: dict[str, Any]) -> list[str]:
-    """Class names by output index; an index with no name is shown as its number."""
-    return [str(label) for label in manifest.get("labels") or []]
-
-
-def label_batch(batch: list[Sample], logits: np.ndarray, labels: list[str], top_k: int) -> list[Prediction]:
-    """Each sample's prediction from its row of `logits`: the label, its probability and the top k (softmax)."""
-    probs = softmax(np.asarray(logits, dtype=np.float64))
-    k = min(top_k, probs.shape[-1])
-    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-
-    def label(i: int) -> str:
-        return labels[i] if i < len(labels) else str(i)
-
-    out = []
-    for sample, p, best in zip(batch, probs, order.tolist()):
-        top = [(label(i), float(p[i])) for i in best]
-        out.append(Prediction(sample.name, top[0][0], top[0][1], best[0], top, sample.source, sample.item))
-    return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def predict(target: Target, inputs: list[str], batch_size: int = 64, top_k: int = 1) -> list[Prediction]:

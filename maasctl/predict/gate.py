@@ -17,16 +17,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from maasctl.errors import UsageError
-from maasctl.predict.engine import Prediction
-from maasctl.predict.inputs import (
-    STDIN_NAME,
-    TEXT_NAME,
-    Source,
-    kind_of,
-    read_csv_records,
-    read_jsonl_records,
-    recipe_data,
-)
+from maasctl.inputs.decode import read_csv_records, read_jsonl_records
+from maasctl.inputs.kinds import kind_of
+from maasctl.inputs.outputs import Prediction
+from maasctl.inputs.types import Source, recipe_data
+from maasctl.predict.inputs import STDIN_NAME, TEXT_NAME
 
 _ITEM = re.compile(r"^(.*)\[(\d+)\]$")  # `batch.npy[3]`: the 4th sample of a batch file
 _HEADER_INPUT = {"input", "path", "file", "filename", "image"}

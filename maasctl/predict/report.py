@@ -7,8 +7,8 @@ import io
 import json
 from typing import Any
 
-from maasctl.predict.engine import Prediction
-from maasctl.predict.inputs import Problem
+from maasctl.inputs.outputs import Prediction
+from maasctl.inputs.types import Problem
 
 
 def render_json(predictions: list[Prediction], problems: list[Problem], summary: dict[str, Any]) -> str:

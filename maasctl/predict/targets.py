@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from maasctl.errors import Unavailable, UsageError
+from maasctl.inputs.outputs import scores_output
 
 
 class Target(Protocol):
@@ -36,7 +37,7 @@ class LocalTarget:
         self.name, self.version = self.model.name, str(self.model.version)
         self.where = f"local ({self.model.provider})"
         self._input = self.model.inputs[0].name
-        self._output = self.manifest["outputs"][0]["name"]
+        self._output = scores_output(self.manifest)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -72,8 +73,8 @@ class RemoteTarget:
         self.manifest = self._fetch_manifest()
         self.name = self.manifest.get("name", name)
         self.version = str(self.manifest["version"]) if self.manifest.get("version") is not None else (version or None)
-        self._input = self.manifest["inputs"][0]
-        self._output = self.manifest["outputs"][0]["name"]
+        self._input = self.manifest["inputs"][0]["name"]
+        self._output = scores_output(self.manifest)
 
     def _fetch_manifest(self) -> dict[str, Any]:
         status, _, body = self._request("GET", "/manifest")
@@ -87,26 +88,14 @@ class RemoteTarget:
         raise self._failure(status, body, "GET", "/manifest")
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        data = np.ascontiguousarray(batch, dtype=batch.dtype.newbyteorder("<")).tobytes()
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": self._input["name"],
-                        "shape": list(batch.shape),
-                        "datatype": self._input["datatype"],
-                        "parameters": {"binary_data_size": len(data)},
-                    }
-                ],
-                "outputs": [{"name": self._output, "parameters": {"binary_data": True}}],
-            }
-        ).encode()
-        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
-        status, reply_headers, body = self._request("POST", "/infer", header + data, headers)
+        from maasctl.protocol.v2 import HEADER_LENGTH, decode_response, encode_request
+
+        body, headers = encode_request({self._input: batch}, [self._output])
+        status, reply_headers, reply = self._request("POST", "/infer", body, headers)
         if status != 200:
-            raise self._failure(status, body, "POST", "/infer")
+            raise self._failure(status, reply, "POST", "/infer")
         try:
-            return _output_tensor(body, reply_headers.get("inference-header-content-length"), self._output)
+            return decode_response(reply, reply_headers.get(HEADER_LENGTH))[self._output]
         except (ValueError, KeyError, TypeError) as exc:
             raise Unavailable(f"{self.url}: unexpected infer response ({exc.__class__.__name__}: {exc})") from None
 
@@ -145,29 +134,6 @@ class RemoteTarget:
                     continue
                 reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or exc.__class__.__name__
                 raise Unavailable(f"cannot reach {self.url}: {reason}") from None
-
-
-def _output_tensor(body: bytes, header_length: str | None, name: str) -> np.ndarray:
-    """One output of an infer response, whether its data came as JSON or as binary after the header."""
-    from maasctl.predict.inputs import numeric_dtype
-
-    split = int(header_length) if header_length is not None else len(body)
-    doc = json.loads(body[:split])
-    offset = split
-    for out in doc["outputs"]:
-        dtype = numeric_dtype(out["datatype"])
-        if dtype is None:
-            raise ValueError(f"output {out['name']!r} is {out['datatype']}, not a numeric tensor")
-        size = (out.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            raw, offset = body[offset : offset + size], offset + size
-            if out["name"] == name:
-                if len(raw) != size:
-                    raise ValueError(f"output {name!r} is cut short: {len(raw)} of {size} bytes")
-                return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(out["shape"])
-        elif out["name"] == name:
-            return np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
-    raise KeyError(f"no output {name!r} in the response")
 
 
 def _error_message(body: bytes) -> str:

@@ -18,7 +18,9 @@ import orjson
 
 from maasctl.protocol.errors import InvalidInput
 
-HEADER_LENGTH = "inference-header-content-length"
+# The binary tensor data extension's header: how many bytes of the body are the JSON part. HTTP header names are
+# case-insensitive; both starlette's and http.client's header maps look it up in any case.
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -68,6 +70,14 @@ class TensorSignature:
     def __init__(self, inputs: Iterable[Any], outputs: Iterable[Any]) -> None:
         self.inputs = {t.name: (t.datatype, tuple(t.shape)) for t in inputs}
         self.outputs = [t.name for t in outputs]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> TensorSignature:
+        """From a manifest's `inputs` and `outputs` lists of {name, datatype, shape}."""
+        signature = cls([], [])
+        signature.inputs = {t["name"]: (t["datatype"], tuple(t["shape"])) for t in manifest["inputs"]}
+        signature.outputs = [t["name"] for t in manifest.get("outputs") or []]
+        return signature
 
 
 def json_object(body: bytes, expected: str = "a JSON object") -> dict[str, Any]:
@@ -137,17 +147,65 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, {}
-    return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+    return header + b"".join(chunks), {HEADER_LENGTH: str(len(header))}
+
+
+# --- the client half: what `maasctl predict --url` sends and reads ---------------------------------------------------
+
+
+def encode_request(
+    inputs: dict[str, np.ndarray], outputs: Sequence[str], binary: bool = True
+) -> tuple[bytes, dict[str, str]]:
+    """An infer request body and its headers; with `binary`, tensors travel as raw little-endian bytes after the
+    JSON header, both ways (the binary tensor data extension), else as JSON lists."""
+    entries, chunks = [], []
+    for name, array in inputs.items():
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array)}
+        if binary:
+            raw = _to_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = np.ascontiguousarray(array).ravel()
+        entries.append(entry)
+    wanted = [{"name": n, "parameters": {"binary_data": binary}} for n in outputs]
+    header = orjson.dumps({"inputs": entries, "outputs": wanted}, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary:
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(chunks), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+
+
+def decode_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """An infer response's outputs by name, whether their data came as JSON or as binary after the header.
+
+    Raises ValueError (or KeyError/TypeError from a malformed document) when the response is not one."""
+    split = int(header_length) if header_length is not None else len(body)
+    doc = orjson.loads(body[:split])
+    offset, outputs = split, {}
+    for out in doc["outputs"]:
+        name, datatype, shape = out["name"], out["datatype"], out["shape"]
+        if datatype not in DATATYPES or datatype == "BYTES":
+            raise ValueError(f"output {name!r} is {datatype}, not a numeric tensor")
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            outputs[name] = np.asarray(out["data"], dtype=DATATYPES[datatype]).reshape(shape)
+            continue
+        raw, offset = body[offset : offset + size], offset + size
+        if len(raw) != size:
+            raise ValueError(f"output {name!r} is cut short: {len(raw)} of {size} bytes")
+        dtype = DATATYPES[datatype]
+        outputs[name] = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    return outputs
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes | None, bytes]:
     if header_length is None:
         return body, b""
     if not header_length.strip().isdecimal():
-        raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}")
+        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}")
     n = int(header_length)
     if n < 0 or n > len(body):
-        raise InvalidInput(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes")
+        raise InvalidInput(f"{HEADER_LENGTH} {n} is outside the body's {len(body)} bytes")
     if n == 0:
         return None, body
     return body[:n], body[n:]

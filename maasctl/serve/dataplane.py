@@ -6,12 +6,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from maasctl import __version__
+from maasctl.errors import MaasctlError, UsageError
+from maasctl.inputs.decode import load_all, stack_batches
+from maasctl.inputs.outputs import label_batch, model_labels, scores_output
+from maasctl.inputs.types import ModelInput, Sample, Source
+from maasctl.protocol.errors import InvalidInput
 from maasctl.protocol.v2 import InferResponse, decode_request, encode_response
 from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel
@@ -51,16 +57,6 @@ class DataPlane:
     def ready(self) -> bool:
         return self.loaded and self.served.ready
 
-    @property
-    def models(self) -> dict[str, LoadedModel]:
-        """The default (highest served) version of each model."""
-        return {name: versions[max(versions)].model for name, versions in self.served.served.items()}
-
-    @property
-    def failures(self) -> dict[str, str]:
-        """Models readiness waits for that have nothing to serve, and why."""
-        return {name: why for name in sorted(self.served.expected) if (why := self.served.failure(name))}
-
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "maasctl", "version": __version__, "extensions": EXTENSIONS}
 
@@ -94,12 +90,33 @@ class DataPlane:
             response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
             return encode_response(response)
 
-    async def infer_tensors(
-        self, name: str, version: str | None, inputs: dict[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """Inference on arrays already decoded (the file-upload endpoint), through the same batcher as infer. Not
-        counted in the metrics: the caller counts its whole request with `counted`."""
-        return await self.served.get(name, version).batcher.infer(inputs)
+    async def predict(self, name: str, version: str | None, read: ReadUpload) -> dict[str, Any]:
+        """File prediction (`/predict`): the inputs `read` gives for this model, labelled as `maasctl predict
+        --json` labels them. One request in the metrics, however many batches its inputs make; `read` runs after
+        the model is found (an unknown model is a 404 before any body is read) and counts with the request."""
+        served = self.served.get(name, version)
+        model = served.model
+        with self.counted(model):
+            try:
+                upload = await read(model.manifest)
+            except UsageError as exc:  # inputs the inference-I/O layer cannot use
+                raise InvalidInput(str(exc)) from None
+            try:
+                spec = ModelInput.from_manifest(model.manifest)
+            except MaasctlError as exc:
+                raise InvalidInput(f"model {name!r} version {model.version} does not take uploads: {exc}") from None
+            work = await asyncio.to_thread(_batches, upload.sources, spec)
+            output, labels = scores_output(model.manifest), model_labels(model.manifest)
+            predictions = []
+            for batch, x in work:
+                logits = (await served.batcher.infer({spec.name: x}))[output]
+                if logits.ndim != 2 or len(logits) != len(batch):
+                    raise InvalidInput(
+                        f"model {name!r} does not give class scores (its output has shape {list(logits.shape)} "
+                        f"for {len(batch)} inputs); use /infer"
+                    )
+                predictions += [p.to_json() for p in label_batch(batch, logits, labels, upload.top_k)]
+            return {"model_name": model.name, "model_version": str(model.version), "predictions": predictions}
 
     @contextlib.contextmanager
     def counted(self, model: LoadedModel) -> Iterator[None]:
@@ -134,6 +151,30 @@ class DataPlane:
     async def close(self) -> None:
         """Stop the batch workers (at shutdown, after in-flight requests have drained)."""
         await self.served.close()
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What a `/predict` request holds, as the transport parsed it."""
+
+    sources: list[Source]
+    top_k: int = 1
+
+
+ReadUpload = Callable[[dict[str, Any]], Awaitable[Upload]]  # the model's manifest -> the request's inputs
+SHOWN_PROBLEMS = 3  # problems named in one error message; the rest are counted
+
+
+def _batches(sources: list[Source], spec: ModelInput) -> list[tuple[list[Sample], np.ndarray]]:
+    """The inputs decoded and stacked (CPU work: run in a thread), or 400 naming each input that cannot be used."""
+    samples, problems = load_all(sources, spec)
+    if problems:
+        shown = "; ".join(p.message for p in problems[:SHOWN_PROBLEMS])
+        more = len(problems) - SHOWN_PROBLEMS
+        raise InvalidInput(shown + (f" (and {more} more problem{'s' * (more > 1)})" if more > 0 else ""))
+    if not samples:
+        raise InvalidInput("no inputs in the request")
+    return stack_batches(samples, spec)
 
 
 def _reason(exc: Exception) -> str:

@@ -24,7 +24,7 @@ def digits_session(model_repo):
 
 def test_requests_queued_together_run_as_one_batch_and_each_gets_its_own_rows(model_repo, digits_session):
     dataplane = load_dataplane(model_repo, max_batch_size=32, max_queue_delay_ms=0)
-    gate = Gate(dataplane.models["digits"])
+    gate = Gate(dataplane.model("digits"))
     sizes = [1, 2, 3, 4, 4, 3, 2, 1]  # 20 rows: one batch
     xs = [digits(n, seed) for seed, n in enumerate(sizes)]
     with serving(dataplane) as base, ThreadPoolExecutor(len(sizes) + 1) as pool:
@@ -56,7 +56,7 @@ def test_requests_queued_together_run_as_one_batch_and_each_gets_its_own_rows(mo
 def test_inputs_of_different_shapes_are_never_concatenated(tmp_path):
     write_rowsum_model(tmp_path)
     dataplane = load_dataplane(tmp_path, max_batch_size=8, max_queue_delay_ms=0)
-    gate = Gate(dataplane.models["rowsum"])
+    gate = Gate(dataplane.model("rowsum"))
     rng = np.random.default_rng(0)
     # Queued in this order: widths 3 and 5 interleaved, and one 10-row request, more than a batch holds.
     xs = [rng.random(shape, dtype=np.float32) for shape in [(2, 3), (1, 5), (3, 3), (2, 5), (10, 3)]]
@@ -84,7 +84,7 @@ def test_inputs_of_different_shapes_are_never_concatenated(tmp_path):
 
 def test_a_full_queue_answers_503_at_once_and_the_server_keeps_serving(model_repo, digits_session):
     dataplane = load_dataplane(model_repo, max_batch_size=1, max_queue_size=2)
-    gate = Gate(dataplane.models["digits"])
+    gate = Gate(dataplane.model("digits"))
     with serving(dataplane) as base, ThreadPoolExecutor(3) as pool:
         held = [pool.submit(infer, base, "digits", {"input": digits(1, 0)})]
         assert gate.entered.wait(15)

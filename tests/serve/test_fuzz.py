@@ -68,7 +68,7 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     write_tiny_model(repo)
     dataplane = DataPlane(ModelRepository(repo), "cpu")
     dataplane.load_all()
-    assert dataplane.ready, dataplane.failures
+    assert dataplane.ready, dataplane.repository_index()
 
     with serving(dataplane, max_body_bytes=MAX_BODY) as base:  # real uvicorn on a loopback port, in a thread
         yield int(base.rsplit(":", 1)[1])

@@ -86,7 +86,7 @@ def repo(tmp_path_factory, model_repo) -> Path:
 def port(repo) -> Iterator[int]:
     dataplane = DataPlane(ModelRepository(repo), "cpu")
     dataplane.load_all()
-    assert dataplane.ready, dataplane.failures
+    assert dataplane.ready, dataplane.repository_index()
     with serving(
         dataplane, max_body_bytes=MAX_BODY, token=TOKEN
     ) as base:  # real uvicorn on a loopback port, in a thread
@@ -352,16 +352,19 @@ def test_overloaded_is_503_before_any_work(repo):
     """The same batcher as /infer: a full queue refuses the request (503 through the server's error rules)."""
     import asyncio
 
+    from maasctl.inputs.uploads import body_sources
     from maasctl.protocol.errors import NotReady
-    from maasctl.serve import upload
     from maasctl.serve.batching import BatchingConfig
+    from maasctl.serve.dataplane import Upload
 
     dataplane = DataPlane(ModelRepository(repo), "cpu", BatchingConfig(max_queue_size=0))
     dataplane.load_all()
-    model = dataplane.model("rows")
-    sources = upload.body_sources("text/csv", b"a,b\n1,2\n", model.manifest)
+
+    async def read(manifest):
+        return Upload(body_sources("text/csv", b"a,b\n1,2\n"))
+
     with pytest.raises(NotReady, match="overloaded") as caught:
-        asyncio.run(upload.predict(dataplane, model, sources, 1))
+        asyncio.run(dataplane.predict("rows", None, read))
     assert caught.value.status == 503
 
 

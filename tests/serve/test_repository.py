@@ -174,12 +174,12 @@ def test_unload_stops_serving_and_load_brings_it_back(repo):
 def test_unload_lets_queued_requests_finish(repo):
     file_adder(repo, 1)
     plane = dataplane(repo)
-    gate = Gate(plane.models["adder"])
+    gate = Gate(plane.model("adder"))
     with serving(plane) as base, ThreadPoolExecutor(4) as pool:
         pending = [pool.submit(infer, base, "adder", {"x": X}) for _ in range(3)]
         assert gate.entered.wait(15)
         unloading = pool.submit(http, "POST", f"{base}/v2/repository/models/adder/unload")
-        wait_until(lambda: "adder" not in plane.models, "the model to leave the served set")
+        wait_until(lambda: not plane.repository_index(ready_only=True), "the model to leave the served set")
         assert infer(base, "adder", {"x": X})[0] == 404  # new requests are refused at once...
         gate.open.set()
         assert [f.result(30)[0] for f in pending] == [200, 200, 200]  # ...queued ones complete
@@ -285,6 +285,7 @@ def test_a_model_that_loads_but_cannot_run_is_reported_not_fatal(repo):
     )
     file_adder(repo, 1)
     plane = dataplane(repo)  # the good model loads; the bad one is reported
-    assert list(plane.models) == ["adder"]
-    assert "warm-up inference failed" in plane.failures["bad"]
+    index = {row["name"]: row for row in plane.repository_index()}
+    assert [name for name, row in index.items() if row["state"] == "READY"] == ["adder"]
+    assert "warm-up inference failed" in index["bad"]["reason"]
     assert not plane.ready

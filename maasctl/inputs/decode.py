@@ -1,0 +1,346 @@
+"""Sources -> model-ready samples, with the preprocessing the model's manifest records.
+
+Each source becomes one or more samples (`load_source`): an image decoded to the model's size and colour mode
+(normalised batch-wise by `stack_samples`), a tensor holding one sample or a batch, table rows (tabular
+models: columns by name, standardised with the manifest's statistics), or texts (text models: tokenised).
+
+JSON — a `.json` file, JSON on stdin, or an `application/json` body — takes one of these shapes everywhere:
+
+- a nested list, or `{"data": nested list}`: a tensor (one sample, or a batch of them);
+- `{"inputs": [...]}`: an Open Inference Protocol infer request, checked as the server checks one;
+- `{"texts": ["...", ...]}`: texts, for text models;
+- `{"rows": [{"column": value, ...}, ...]}`: table rows, for tabular models.
+
+A source that cannot be used at all raises `UsageError` naming it; one bad row of a table gives a `Problem` in
+that row's place, so the other rows still run.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from maasctl.errors import UsageError
+from maasctl.inputs.types import ModelInput, Problem, Sample, Source, recipe_data
+
+TEXT_NAME = "--text"
+JSON_SHAPES = (
+    'a nested list, {"data": ...}, an infer request {"inputs": [...]}, {"texts": [...]} or {"rows": [{...}, ...]}'
+)
+
+
+def load_source(source: Source, model_input: ModelInput) -> list[Sample | Problem]:
+    """The samples in one source; raises UsageError naming the source when it cannot be used at all."""
+    if source.kind == "image":
+        return [Sample(source.name, source.name, None, _read_image(source, model_input), image=True)]
+    if source.kind == "csv":
+        header, records = read_csv_records(source)
+        return _table_samples(source.name, header, records, model_input)
+    if source.kind in ("txt", "jsonl", "text"):
+        return _text_samples(source, _read_texts(source, model_input), model_input)
+    if source.kind == "json":
+        return _json_samples(source, model_input)
+    return _split_batch(source.name, _read_array(source), model_input)
+
+
+def stack_samples(batch: list[Sample], model_input: ModelInput) -> np.ndarray:
+    """One input tensor for a batch; images are normalised together (per image it costs 50 µs more).
+
+    Raises ValueError when the samples' shapes differ (a model with dynamic dimensions)."""
+    tensors = [s.tensor for s in batch]
+    images = [i for i, s in enumerate(batch) if s.image]
+    if images:
+        from maasctl.preprocess import normalize_images
+
+        normalized = normalize_images(np.stack([tensors[i] for i in images]), model_input.preprocessing or {})
+        for i, tensor in zip(images, normalized.astype(model_input.dtype, copy=False)):
+            tensors[i] = tensor
+    return np.stack(tensors)
+
+
+def stack_batches(samples: list[Sample], model_input: ModelInput) -> list[tuple[list[Sample], np.ndarray]]:
+    """One tensor for all samples; one per sample when their shapes differ (a model with dynamic dimensions)."""
+    try:
+        return [(samples, stack_samples(samples, model_input))]
+    except ValueError:
+        return [([s], stack_samples([s], model_input)) for s in samples]
+
+
+def load_all(sources: list[Source], model_input: ModelInput) -> tuple[list[Sample], list[Problem]]:
+    """Every source's samples, and a problem for each input that cannot be used (the server refuses on any)."""
+    samples: list[Sample] = []
+    problems: list[Problem] = []
+    for source in sources:
+        try:
+            for item in load_source(source, model_input):
+                (problems if isinstance(item, Problem) else samples).append(item)  # type: ignore[arg-type]
+        except UsageError as exc:
+            problems.append(Problem(source.name, str(exc)))
+        except Exception as exc:  # a decoder's own failure (Pillow's DecompressionBombError...): bad input all the same
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
+            detail = f"{exc.__class__.__name__}{': ' * bool(why)}{why}"
+            problems.append(Problem(source.name, f"{source.name}: could not be read ({detail})"))
+    return samples, problems
+
+
+# --- raw bytes ---------------------------------------------------------------------------------------------------
+
+
+def _raw(source: Source) -> bytes:
+    if source.data is not None:
+        return source.data
+    try:
+        with open(source.name, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UsageError(f"{source.name}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{source.name}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _text(source: Source) -> str:
+    try:
+        return _raw(source).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{source.name}: not UTF-8 text") from None
+
+
+def read_csv_records(source: Source) -> tuple[list[str], list[dict[str, str]]]:
+    """A CSV file's header and data rows (blank lines skipped); row i is the input FILE[i]."""
+    import csv
+
+    reader = csv.DictReader(io.StringIO(_text(source)))
+    try:
+        return list(reader.fieldnames or []), list(reader)
+    except csv.Error as exc:
+        raise UsageError(f"{source.name}: not a readable CSV file ({exc})") from None
+
+
+def read_jsonl_records(source: Source) -> list[Any]:
+    """A JSON Lines file's records (blank lines skipped); record i is the input FILE[i]."""
+    import json
+
+    records = []
+    for n, line in enumerate(_text(source).splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                raise UsageError(f"{source.name} line {n}: not JSON ({exc})") from None
+    return records
+
+
+# --- images and tensors ------------------------------------------------------------------------------------------
+
+
+def _read_image(source: Source, model_input: ModelInput) -> np.ndarray:
+    from maasctl.preprocess import load_image
+
+    if model_input.kind != "image":
+        raise UsageError(f"{source.name}: read as an image, but {model_input.takes()}")
+    try:
+        return load_image(
+            io.BytesIO(source.data) if source.data is not None else source.name, model_input.preprocessing
+        )
+    except UsageError as exc:
+        # preprocess names file objects "upload"; name what the user gave
+        raise UsageError(f"{source.name}: {str(exc).partition(': ')[2]}") from None
+
+
+def _read_array(source: Source) -> np.ndarray:
+    """An .npy or .npz tensor (never unpickled: allow_pickle=False)."""
+    name = source.name
+    raw = _raw(source)
+    try:
+        if source.kind == "npy":
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+        else:
+            array = _npz_array(name, raw)
+    except UsageError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise UsageError(f"{name}: not a readable {source.kind} tensor ({exc.__class__.__name__}: {exc})") from None
+    return _numeric(name, array)
+
+
+def _numeric(name: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise UsageError(f"{name}: the tensor must hold numbers, not {array.dtype}")
+    return array
+
+
+def _npz_array(name: str, raw: bytes) -> np.ndarray:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+        keys = list(archive.keys())
+        if "x" in keys:
+            return archive["x"]
+        if len(keys) == 1:
+            return archive[keys[0]]
+    have = ", ".join(keys) or "none"
+    raise UsageError(f"{name}: an .npz needs an array named 'x' or exactly one array; it has {have}")
+
+
+def _split_batch(name: str, array: np.ndarray, model_input: ModelInput) -> list[Sample | Problem]:
+    want = model_input.sample_shape
+    if model_input.dtype.kind in "iu" and array.dtype.kind == "f":  # token ids: never truncate 1.7 to 1 quietly
+        raise UsageError(f"{name}: the model takes whole numbers ({model_input.dtype}); the tensor holds {array.dtype}")
+    array = array.astype(model_input.dtype, copy=False)
+    if _fits(array.shape, want):
+        return [Sample(name, name, None, array)]
+    if array.ndim == len(want) + 1 and _fits(array.shape[1:], want):
+        if len(array) == 0:
+            raise UsageError(f"{name}: an empty batch (shape {list(array.shape)})")
+        if len(array) == 1:
+            return [Sample(name, name, None, array[0])]
+        return [Sample(f"{name}[{i}]", name, i, a) for i, a in enumerate(array)]
+    shape = model_input.describe_shape()
+    raise UsageError(
+        f"{name}: a tensor of shape {list(array.shape)}; the model takes {shape} or a batch [N, {shape[1:]}"
+    )
+
+
+def _fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    return len(shape) == len(want) and all(w < 0 or s == w for s, w in zip(shape, want))
+
+
+# --- JSON: one set of shapes for files, stdin and request bodies ---------------------------------------------------
+
+
+def _json_samples(source: Source, model_input: ModelInput) -> list[Sample | Problem]:
+    import orjson
+
+    name, raw = source.name, _raw(source)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{name}: not valid JSON ({exc})") from None
+    if isinstance(doc, dict) and "inputs" in doc:
+        return _split_batch(name, _v2_request_array(name, raw, model_input), model_input)
+    if isinstance(doc, dict) and "texts" in doc:
+        texts = doc["texts"]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise UsageError(f'{name}: "texts" must be a list of strings')
+        _check_kind(name, "texts", "text", model_input)
+        return _text_samples(source, texts, model_input)
+    if isinstance(doc, dict) and "rows" in doc:
+        header, records = _rows_records(name, doc["rows"])
+        return _table_samples(name, header, records, model_input)
+    if isinstance(doc, dict):
+        if "data" not in doc:
+            raise UsageError(f"{name}: JSON input is {JSON_SHAPES}")
+        doc = doc["data"]
+    try:
+        return _split_batch(name, _numeric(name, np.asarray(doc)), model_input)
+    except ValueError:
+        raise UsageError(f"{name}: the nested lists are ragged (rows of different lengths)") from None
+
+
+def _v2_request_array(name: str, raw: bytes, model_input: ModelInput) -> np.ndarray:
+    """An Open Inference Protocol infer request body, checked exactly as the server would check it."""
+    from maasctl.protocol.errors import InvalidInput
+    from maasctl.protocol.v2 import TensorSignature, decode_request
+
+    try:
+        request = decode_request(raw, None, TensorSignature.from_manifest(model_input.manifest))
+    except InvalidInput as exc:
+        raise UsageError(f"{name}: {exc.message}") from None
+    return request.inputs[model_input.name]
+
+
+def _rows_records(name: str, rows: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """{"rows": [{column: value}, ...]} as the header and string cells a CSV file would give."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UsageError(f'{name}: "rows" must be a list of objects, {{column: value}} each')
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    return header, [{c: _cell(row.get(c)) for c in header} for row in rows]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        import orjson
+
+        return orjson.dumps(value).decode()  # true, [1, 2]...: read back as "not a number", named
+    return str(value)
+
+
+def _check_kind(name: str, what: str, kind: str, model_input: ModelInput) -> None:
+    if model_input.kind != kind:
+        raise UsageError(f"{name}: {what} are inputs for {kind} models, but {model_input.takes()}")
+
+
+# --- table rows (tabular models) and texts (text models) -----------------------------------------------------------
+
+
+def _table_samples(
+    name: str, header: list[str], records: list[dict[str, str]], model_input: ModelInput
+) -> list[Sample | Problem]:
+    from maasctl.preprocess import normalize_features
+
+    _check_kind(name, "CSV rows", "tabular", model_input)
+    columns = list(model_input.preprocessing["columns"])  # type: ignore[index]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        have = ", ".join(header) or "no header"
+        raise UsageError(
+            f"{name}: no column {', '.join(missing)} (the model takes {', '.join(columns)}; the file has {have})"
+        )
+    if not records:
+        raise UsageError(f"{name}: a header but no rows")
+    out: list[Sample | Problem] = []
+    good, values = [], []
+    for i, row in enumerate(records):
+        try:
+            values.append([_number(name, i, c, row.get(c)) for c in columns])
+            good.append(i)
+        except UsageError as exc:
+            out.append(Problem(f"{name}[{i}]", str(exc)))
+    if good:
+        x = normalize_features(np.asarray(values, dtype=np.float64), model_input.preprocessing)
+        x = x.astype(model_input.dtype, copy=False)
+        out += [Sample(f"{name}[{i}]", name, i, row) for i, row in zip(good, x)]
+    return out
+
+
+def _number(name: str, i: int, column: str, cell: str | None) -> float:
+    try:
+        value = float(cell) if cell is not None else None
+    except ValueError:
+        value = None
+    if value is None or not np.isfinite(value):
+        raise UsageError(f"{name}[{i}] (line {i + 2}): column {column}: {cell!r} is not a number")
+    return value
+
+
+def _read_texts(source: Source, model_input: ModelInput) -> list[str]:
+    name = source.name
+    _check_kind(name, "texts", "text", model_input)
+    if source.kind == "text":
+        texts: list[str] = [source.data.decode("utf-8") if source.data is not None else ""]
+        if not texts[0].strip():
+            raise UsageError(f"{name}: an empty text")
+    elif source.kind == "txt":
+        texts = [line for line in _text(source).splitlines() if line.strip()]
+    else:
+        column = recipe_data(model_input.manifest).get("text_column") or "text"
+        texts = []
+        for i, record in enumerate(read_jsonl_records(source)):
+            if not isinstance(record, dict) or not isinstance(record.get(column), str):
+                raise UsageError(f"{name}[{i}]: each JSON line needs a string {column!r} (the model's text column)")
+            texts.append(record[column])
+    return texts
+
+
+def _text_samples(source: Source, texts: list[str], model_input: ModelInput) -> list[Sample | Problem]:
+    from maasctl.preprocess import TextEncoder
+
+    name = source.name
+    if not texts:
+        raise UsageError(f"{name}: no texts in it")
+    ids = TextEncoder(model_input.preprocessing)(texts).astype(model_input.dtype, copy=False)
+    if source.kind == "text":  # a --text literal, named --text[i]
+        return [Sample(name, TEXT_NAME, int(name[len(TEXT_NAME) + 1 : -1]), ids[0])]
+    return [Sample(f"{name}[{i}]", name, i, row) for i, row in enumerate(ids)]
