@@ -47,9 +47,9 @@ def main() -> None:
     import torch
 
     from maasctl.data import build_dataset
+    from maasctl.models import build_model_from_meta
     from maasctl.recipe import load_recipe
     from maasctl.train.checkpoint import load_checkpoint
-    from maasctl.train.trainer import build_model_from_meta
 
     if args.threads:
         torch.set_num_threads(args.threads)

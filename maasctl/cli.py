@@ -52,6 +52,22 @@ def _emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _train_recipe(recipe: Path | None, overrides: list[str], resume: str | None, runs_root: Path) -> tuple[Any, Path]:
+    """The recipe to train with, resolved and checked; with --resume, the run's saved one and its folder."""
+    from maasctl.recipe import load_recipe
+
+    if not resume:
+        return load_recipe(recipe, overrides), Path()
+    from maasctl.train.rundir import check_resumable, find_run_dir
+
+    if recipe is not None:
+        raise MaasctlError("--resume continues a run with its saved recipe; give changes with --set, not a RECIPE file")
+    run_dir = find_run_dir(resume, runs_root)
+    resolved = load_recipe(run_dir / "recipe.yaml", overrides)
+    check_resumable(load_recipe(run_dir / "recipe.yaml"), resolved)
+    return resolved, run_dir
+
+
 @app.command()
 def train(
     recipe: Path | None = typer.Argument(None, help="recipe YAML; the default digits recipe when omitted"),
@@ -71,22 +87,9 @@ def train(
     """Train a model; writes artifacts/runs/NAME/ (recipe, checkpoints, metrics.csv, summary.json)."""
     import contextlib
 
-    from maasctl.recipe import load_recipe
-
     overrides = list(set_) + ([f"train.device={device}"] if device else [])
     runs_root = artifacts / "runs"
-    if resume:
-        from maasctl.train.rundir import check_resumable, find_run_dir
-
-        if recipe is not None:
-            raise MaasctlError(
-                "--resume continues a run with its saved recipe; give changes with --set, not a RECIPE file"
-            )
-        run_dir = find_run_dir(resume, runs_root)
-        resolved = load_recipe(run_dir / "recipe.yaml", overrides)
-        check_resumable(load_recipe(run_dir / "recipe.yaml"), resolved)
-    else:
-        resolved = load_recipe(recipe, overrides)
+    resolved, run_dir = _train_recipe(recipe, overrides, resume, runs_root)
     if nproc and nproc > 1:  # the recipe is checked above, once, before N processes start
         if "RANK" in os.environ:
             raise MaasctlError(
@@ -209,6 +212,7 @@ def export(
         _emit_json(result.to_json())
 
 
+# long: typer declares each of the command's options in its signature
 @app.command()
 def serve(
     repo: Path = REPO,

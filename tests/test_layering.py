@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,91 @@ def test_serving_side_commands_work_without_the_train_extra(workspace, model_rep
     assert json.loads(evaluate.stdout)["metrics"]["accuracy"] > 0.5
     doctor = _without_train_extra("doctor", cwd=workspace)
     assert doctor.returncode == 0 and "torch not installed" in doctor.stderr, doctor.stderr  # it reports, not fails
+
+
+# --- the import graph, read from the source (lazy imports inside functions included) -------------------------------
+
+PACKAGE = Path(__file__).resolve().parent.parent / "maasctl"
+TORCH_SIDE = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib")
+# module prefix -> what it must never import. The serving side (serve, predict, and the layers under them) runs on a
+# box without the `train` extra; serve and predict share code only through the layers under them.
+FORBIDDEN = {
+    "maasctl.serve": ("maasctl.predict", "maasctl.train", "maasctl.models", "maasctl.export", *TORCH_SIDE),
+    "maasctl.predict": ("maasctl.serve", "maasctl.train", "maasctl.models", "maasctl.export", *TORCH_SIDE),
+    "maasctl.inputs": ("maasctl.serve", "maasctl.predict", "maasctl.train", "maasctl.models", *TORCH_SIDE),
+    "maasctl.protocol": ("maasctl.serve", "maasctl.predict", "maasctl.inputs", "maasctl.runtime", *TORCH_SIDE),
+    "maasctl.runtime": ("maasctl.serve", "maasctl.predict", "maasctl.inputs", "maasctl.train", *TORCH_SIDE),
+    "maasctl.repository": ("maasctl.serve", "maasctl.predict", "maasctl.train", *TORCH_SIDE),
+    "maasctl.preprocess": ("maasctl.serve", "maasctl.predict", "maasctl.train", *TORCH_SIDE),
+    "maasctl.evaluate": ("maasctl.serve", "maasctl.predict", "maasctl.train", "maasctl.models", *TORCH_SIDE),
+    "maasctl.export": ("maasctl.train.trainer", "maasctl.serve", "maasctl.predict"),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function; relative imports resolved."""
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
+    return found
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def test_the_layer_graph_holds():
+    crossings = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        for layer, forbidden in FORBIDDEN.items():
+            if _under(module, layer):
+                crossings += [
+                    f"{module} imports {name}" for name in sorted(_imports(path)) for f in forbidden if _under(name, f)
+                ]
+    assert not crossings, "\n".join(crossings)
+
+
+def test_the_graph_check_sees_lazy_and_relative_imports(tmp_path):
+    """The check itself: an import inside a function, and a relative one, are both found."""
+    probe = PACKAGE / "serve" / "_probe_for_layering_test.py"
+    probe.write_text("def f():\n    import torch\n    from ..predict import engine\n", encoding="utf-8")
+    try:
+        found = _imports(probe)
+    finally:
+        probe.unlink()
+    assert "torch" in found and "maasctl.predict.engine" in found
+
+
+LONG_FUNCTION_LINES = 60
+
+
+def test_long_functions_say_why_above_them():
+    """No function in maasctl/ over 60 lines without a `# long: <reason>` comment right above it (or its
+    decorators)."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                above = lines[first - 2].strip() if first >= 2 else ""
+                if length > LONG_FUNCTION_LINES and not above.startswith("# long:"):
+                    unexplained.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({length} lines)")
+    assert not unexplained, "\n".join(unexplained)

@@ -22,10 +22,10 @@ from maasctl import __version__
 from maasctl.data import build_dataset
 from maasctl.errors import CheckFailed, UsageError
 from maasctl.fileio import atomic_write_json, atomic_write_text, sha256_file
+from maasctl.models import build_model_from_meta
 from maasctl.recipe import load_recipe
 from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, ModelRepository, discard
 from maasctl.train.checkpoint import load_checkpoint
-from maasctl.train.trainer import build_model_from_meta
 
 PARITY_SAMPLES = 256
 MIN_OPSET, MAX_OPSET = 13, 23  # the recipe schema's export.opset range too
@@ -54,6 +54,7 @@ class ExportResult:
         }
 
 
+# long: every step that can fail runs inside the staging try-block, so a failed export leaves nothing filed
 def export_run(
     run_dir: Path,
     repo: ModelRepository,
@@ -76,31 +77,10 @@ def export_run(
             f"--opset {opset}: choose {MIN_OPSET}..{MAX_OPSET} (what torch's exporter and the pinned onnxruntime support)"
         )
     atol = atol if atol is not None else recipe.export.atol
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    meta = ckpt["meta"]
-    model = build_model_from_meta(meta, weights_follow=True)
-    if (meta["model_name"], meta["model_params"]) != (recipe.model.name, recipe.model.params):
-        raise UsageError(
-            f"{run_dir}: the checkpoint holds a {meta['model_name']} {meta['model_params']}, but the run's recipe.yaml "
-            f"names {recipe.model.name} {recipe.model.params}; the checkpoint comes from another recipe. Nothing was filed."
-        )
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise UsageError(
-            f"{run_dir}: the checkpoint's weights do not fit the model: {str(exc).splitlines()[0]}. Nothing was filed."
-        ) from None
-    model.eval()
-
+    model, meta = _trained_model(run_dir, recipe)
     data = build_dataset(recipe.data, recipe.train.seed)
     samples = data.test.x[:PARITY_SAMPLES]
-    # A dynamic sequence axis only for models that take any length (the token-capable families); an MLP over a
-    # flattened sequence is fixed to its training length.
-    from maasctl.models.registry import get_model_entry
-
-    sequence_axis = (
-        meta.get("input_kind") in ("sequence", "tokens") and "tokens" in get_model_entry(meta["model_name"]).inputs
-    )
+    sequence_axis = _takes_any_length(meta)
     staged = repo.staging_dir()
     report = None
     try:
@@ -143,6 +123,33 @@ def export_run(
     # Triton reads <repo>/<name>/config.pbtxt beside the version folders: the same repository serves there too.
     atomic_write_text(filed.path.parent / "config.pbtxt", triton_config(filed.name, manifest))
     return ExportResult(filed.name, filed.version, filed.path, used, diff, agreement, report)
+
+
+def _trained_model(run_dir: Path, recipe: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The run's best checkpoint in its architecture, in eval mode, and the metadata saved with it."""
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    meta = ckpt["meta"]
+    model = build_model_from_meta(meta, weights_follow=True)
+    if (meta["model_name"], meta["model_params"]) != (recipe.model.name, recipe.model.params):
+        raise UsageError(
+            f"{run_dir}: the checkpoint holds a {meta['model_name']} {meta['model_params']}, but the run's recipe.yaml "
+            f"names {recipe.model.name} {recipe.model.params}; the checkpoint comes from another recipe. Nothing was filed."
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UsageError(
+            f"{run_dir}: the checkpoint's weights do not fit the model: {str(exc).splitlines()[0]}. Nothing was filed."
+        ) from None
+    return model.eval(), meta
+
+
+def _takes_any_length(meta: dict[str, Any]) -> bool:
+    """A dynamic sequence axis only for models that take any length (the token-capable families); an MLP over a
+    flattened sequence is fixed to its training length."""
+    from maasctl.models.registry import get_model_entry
+
+    return meta.get("input_kind") in ("sequence", "tokens") and "tokens" in get_model_entry(meta["model_name"]).inputs
 
 
 def _export_checked(

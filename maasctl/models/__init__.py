@@ -4,6 +4,6 @@ Importing this package registers the built-in families; it imports torch.
 """
 
 from maasctl.models import cnn, mlp, sequence, vision  # noqa: F401  (registers the built-in models)
-from maasctl.models.registry import create_model, list_models, register_model
+from maasctl.models.registry import build_model_from_meta, create_model, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["build_model_from_meta", "create_model", "list_models", "register_model"]

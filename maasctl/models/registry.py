@@ -96,3 +96,20 @@ def create_model(
     if input_kind == "tokens":
         data_args["vocab_size"] = vocab_size
     return entry.factory(**data_args, **params)
+
+
+def build_model_from_meta(meta: dict[str, Any], *, weights_follow: bool = False):
+    """The architecture a checkpoint's weights belong to, from the metadata saved beside them (training writes it,
+    export and evaluation read it). `weights_follow`: a checkpoint's weights are loaded next, so a `pretrained`
+    file is not read (it may be gone)."""
+    params = dict(meta["model_params"])
+    if weights_follow and "pretrained" in params:
+        params["pretrained"] = None
+    return create_model(
+        meta["model_name"],
+        input_shape=tuple(meta["input_shape"]),
+        num_classes=meta["num_classes"],
+        input_kind=meta.get("input_kind", "image"),
+        vocab_size=meta.get("vocab_size"),
+        **params,
+    )

@@ -66,6 +66,7 @@ PROGRESS_MIN_INPUTS = 100  # a progress bar (stderr, terminals only) from this m
 MISMATCHES_SHOWN = 10
 
 
+# long: one add_argument per option, in the order --help shows them
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maasctl predict", description=SUMMARY, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -31,6 +31,7 @@ class Outcome:
     stopped: bool = False  # ended before every input was tried (fatal, or --fail-fast)
 
 
+# long: flush and problem share the outcome and the read-ahead; as closures the input-order rules stay in one place
 def run_predictions(
     target: Target,
     items: Iterable[Source | Problem],

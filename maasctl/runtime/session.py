@@ -56,10 +56,6 @@ class LoadedModel:
         names = output_names or [o.name for o in self.outputs]
         return dict(zip(names, self.session.run(names, feeds)))
 
-    @property
-    def labels(self) -> list[str]:
-        return self.manifest.get("labels", [])
-
 
 def select_providers(device: str) -> list[str]:
     """Providers to ask onnxruntime for. `cuda` is strict: no CUDA provider is an error, not a quiet CPU run."""

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,37 @@ from maasctl.data import Dataset, build_dataset
 from maasctl.errors import UsageError
 from maasctl.fileio import atomic_write_json, atomic_write_text
 from maasctl.metrics import classification_metrics
-from maasctl.models import create_model
+from maasctl.models import build_model_from_meta
 from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train import distributed as ddp
 from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
 from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
 from maasctl.train.plots import plot_confusion, plot_curves
-from maasctl.train.rundir import check_resumable  # noqa: F401  (re-exported: its home was here)
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
 EpochCallback = Callable[[dict[str, Any], int], None]
+
+
+@dataclass
+class _Progress:
+    """Where a run stands after its last finished epoch; saved in every checkpoint, restored on resume."""
+
+    epoch: int = 0
+    best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # _score of the best epoch
+    stale: int = 0  # epochs since the chosen metric last improved by min_delta (early stopping)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, row: dict[str, Any], best_metric: str, min_delta: float) -> bool:
+        """Add an epoch's row; True when it is the best so far."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        score = _score(row, best_metric)
+        improved = score > self.best
+        # Early stopping counts epochs without an improvement of at least min_delta in the chosen metric.
+        self.stale = 0 if score[0] > self.best[0] + min_delta else self.stale + 1
+        self.best = max(self.best, score)
+        return improved
 
 
 @dataclass
@@ -53,22 +73,6 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
-
-
-def build_model_from_meta(meta: dict[str, Any], *, weights_follow: bool = False) -> torch.nn.Module:
-    """The architecture a checkpoint's weights belong to, from the metadata saved beside them.
-    `weights_follow`: a checkpoint's weights are loaded next, so a `pretrained` file is not read (it may be gone)."""
-    params = dict(meta["model_params"])
-    if weights_follow and "pretrained" in params:
-        params["pretrained"] = None
-    return create_model(
-        meta["model_name"],
-        input_shape=tuple(meta["input_shape"]),
-        num_classes=meta["num_classes"],
-        input_kind=meta.get("input_kind", "image"),
-        vocab_size=meta.get("vocab_size"),
-        **params,
-    )
 
 
 class Trainer:
@@ -155,119 +159,120 @@ class Trainer:
         ddp.destroy_process_group()
 
     def fit(self, run_dir: Path, *, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
-        recipe, cfg, data, device, accel, env = (
-            self.recipe,
-            self.recipe.train,
-            self.data,
-            self.device,
-            self.accel,
-            self.dist,
-        )
-        model, train_model, optimizer, scheduler, scaler = (
-            self.model,
-            self.train_model,
-            self.optimizer,
-            self.scheduler,
-            self.scaler,
-        )
+        """restore → per epoch: train, validate, checkpoint → test the best checkpoint."""
+        cfg = self.recipe.train
         # Batch order; identical on every rank (each then takes its shard), saved in checkpoints so resume repeats it.
         shuffle = torch.Generator().manual_seed(cfg.seed)
-
-        history: list[dict[str, Any]] = []
-        start_epoch, best, stale = 0, [-math.inf, -math.inf], 0
-        if resume:  # every rank reads the same last.pt: weights, optimizer and schedule agree without a broadcast
-            ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler.is_enabled() and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            shuffle.set_state(ckpt["rng"]["shuffle"])
-            _restore_rng(ckpt["rng"], env, device, cfg.seed)
-            start_epoch, best, history, stale = ckpt["epoch"], ckpt["best"], ckpt["history"], ckpt["stale_epochs"]
-        if env.is_main:
-            atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))  # on resume: the new epochs/device
-            self.log(describe(self.placement, device))  # where the data lives, and why (train.data_placement)
-        train = self._feed("train")
+        progress = self._restore(run_dir, shuffle) if resume else _Progress()
+        if self.is_main:
+            atomic_write_text(run_dir / "recipe.yaml", dump_recipe(self.recipe))  # on resume: the new epochs/device
+            self.log(describe(self.placement, self.device))  # where the data lives, and why (train.data_placement)
         writer = BackgroundWriter()
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(progress.epoch, cfg.epochs):
             started = time.perf_counter()
-            train_model.train()
-            order = ddp.shard(torch.randperm(train.n, generator=shuffle), env)
-            # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            for x, y in train.batches(self.batch_size, order):  # from the device, or copied over from host memory
-                x = accel.input(augment_batch(x, data.augment))
-                with accel.autocast():
-                    logits = train_model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()  # under DDP, gradients are averaged across ranks during backward
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)  # skipped when fp16 gradients overflowed
-                scaler.update()
-                scheduler.step()
-                loss_sum.add_(loss.detach(), alpha=len(y))
-                correct.add_((logits.argmax(1) == y).sum())
-            # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
-            totals = ddp.all_sum(
-                torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)])
-            )
-            train_loss, train_correct, seen = totals.tolist()
-            row = None
-            if env.is_main:  # one evaluation, on rank 0's weights, shared so every rank takes the same decisions
-                val = evaluate(model, data, "validation", device, accel=accel, feed=self._feed("validation"))
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": train_loss / seen,
-                    "train_accuracy": train_correct / seen,
-                    "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"],
-                    "val_macro_f1": val["macro_f1"],
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - started,
-                }
-            row = ddp.broadcast(row)
-            history.append(row)
-            score = _score(row, cfg.best_metric)
-            improved = score > best
-            # Early stopping counts epochs without an improvement of at least min_delta in the chosen metric.
-            stale = 0 if score[0] > best[0] + cfg.early_stopping.min_delta else stale + 1
-            best = max(best, score)
-            rng = _rng_state(device)
-            per_rank = ddp.all_gather(rng) if env.enabled else None
-            if env.is_main:
-                state = {
-                    "model": model.state_dict(),  # the plain module's: export and resume need no DDP or compile
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "rng": {"shuffle": shuffle.get_state(), **rng, **({"per_rank": per_rank} if per_rank else {})},
-                    "epoch": epoch + 1,
-                    "best": best,
-                    "stale_epochs": stale,
-                    "history": history,
-                    "meta": self.meta,
-                }
-                # Written while the next epoch trains, from a copy. best.pt first, metrics.csv last: if the process
-                # dies in between, last.pt still points at an older epoch and a resume redoes this one; metrics.csv
-                # never runs ahead of last.pt.
-                names = (["best.pt"] if improved else []) + ["last.pt"]
-                writer.submit(
-                    _checkpoint_job(
-                        [run_dir / "checkpoints" / n for n in names], snapshot(state), run_dir / "metrics.csv"
-                    )
-                )
-                if on_epoch:
-                    on_epoch(row, cfg.epochs)
-            if cfg.early_stopping.patience and stale >= cfg.early_stopping.patience:
+            train_loss, train_accuracy = self._train_epoch(shuffle)
+            row = self._validate(epoch, train_loss, train_accuracy, started)
+            improved = progress.record(row, cfg.best_metric, cfg.early_stopping.min_delta)
+            self._checkpoint(run_dir, progress, shuffle, improved, writer)
+            if on_epoch and self.is_main:
+                on_epoch(row, cfg.epochs)
+            if cfg.early_stopping.patience and progress.stale >= cfg.early_stopping.patience:
                 break
-
-        metrics = ddp.on_main(lambda: self._test_and_report(run_dir, history, writer))
+        metrics = ddp.on_main(lambda: self._test_and_report(run_dir, progress.history, writer))
         return TrainResult(run_dir=run_dir, metrics=metrics)
+
+    def _restore(self, run_dir: Path, shuffle: torch.Generator) -> _Progress:
+        """Continue from last.pt. Every rank reads the same file: weights, optimizer and schedule agree with no
+        broadcast."""
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler.is_enabled() and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        shuffle.set_state(ckpt["rng"]["shuffle"])
+        _restore_rng(ckpt["rng"], self.dist, self.device, self.recipe.train.seed)
+        return _Progress(ckpt["epoch"], ckpt["best"], ckpt["stale_epochs"], ckpt["history"])
+
+    def _train_epoch(self, shuffle: torch.Generator) -> tuple[float, float]:
+        """One pass over this rank's shard of the training split; mean loss and accuracy over all ranks."""
+        cfg, device, accel = self.recipe.train, self.device, self.accel
+        train = self._feed("train")
+        self.train_model.train()
+        order = ddp.shard(torch.randperm(train.n, generator=shuffle), self.dist)
+        # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        for x, y in train.batches(self.batch_size, order):  # from the device, or copied over from host memory
+            x = accel.input(augment_batch(x, self.data.augment))
+            with accel.autocast():
+                logits = self.train_model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            self._step(loss)
+            loss_sum.add_(loss.detach(), alpha=len(y))
+            correct.add_((logits.argmax(1) == y).sum())
+        # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
+        seen = torch.tensor(len(order), dtype=torch.float64, device=device)
+        train_loss, train_correct, total = ddp.all_sum(torch.stack([loss_sum, correct.double(), seen])).tolist()
+        return train_loss / total, train_correct / total
+
+    def _step(self, loss: torch.Tensor) -> None:
+        cfg, optimizer, scaler = self.recipe.train, self.optimizer, self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # under DDP, gradients are averaged across ranks during backward
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+        scaler.update()
+        self.scheduler.step()
+
+    def _validate(self, epoch: int, train_loss: float, train_accuracy: float, started: float) -> dict[str, Any]:
+        """The epoch's metrics row. One evaluation, on rank 0's weights, shared so every rank takes the same
+        decisions (best checkpoint, early stopping)."""
+        row = None
+        if self.is_main:
+            val = evaluate(
+                self.model, self.data, "validation", self.device, accel=self.accel, feed=self._feed("validation")
+            )
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+        return ddp.broadcast(row)
+
+    def _checkpoint(
+        self, run_dir: Path, progress: _Progress, shuffle: torch.Generator, improved: bool, writer: BackgroundWriter
+    ) -> None:
+        """last.pt (and best.pt when the epoch improved) and metrics.csv, written by rank 0 while the next epoch
+        trains. Every rank's random state goes in, so a resume draws what an uninterrupted run would have."""
+        rng = _rng_state(self.device)
+        per_rank = ddp.all_gather(rng) if self.dist.enabled else None  # a collective: every rank takes part
+        if not self.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),  # the plain module's: export and resume need no DDP or compile
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": {"shuffle": shuffle.get_state(), **rng, **({"per_rank": per_rank} if per_rank else {})},
+            "epoch": progress.epoch,
+            "best": progress.best,
+            "stale_epochs": progress.stale,
+            "history": progress.history,
+            "meta": self.meta,
+        }
+        # From a copy. best.pt first, metrics.csv last: if the process dies in between, last.pt still points at an
+        # older epoch and a resume redoes this one; metrics.csv never runs ahead of last.pt.
+        names = (["best.pt"] if improved else []) + ["last.pt"]
+        paths = [run_dir / "checkpoints" / n for n in names]
+        writer.submit(_checkpoint_job(paths, snapshot(state), run_dir / "metrics.csv"))
 
     def _test_and_report(
         self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter

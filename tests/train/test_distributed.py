@@ -49,7 +49,7 @@ def test_nproc_2_trains_one_run_and_resumes_under_plain_torchrun(tmp_path, works
     assert abs(out["metrics"]["test_accuracy"] - single) < 0.1
 
     # Checkpoints hold the plain module's weights (no DDP "module." prefix): they load into a fresh model, as export does.
-    from maasctl.train.trainer import build_model_from_meta
+    from maasctl.models import build_model_from_meta
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     build_model_from_meta(ckpt["meta"]).load_state_dict(ckpt["model"])

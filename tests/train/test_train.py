@@ -192,7 +192,7 @@ def test_bf16_and_channels_last_run_on_cpu_when_asked(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["amp"], summary["channels_last"]) == ("bf16", True)
     assert out["metrics"]["test_accuracy"] > 0.5  # one epoch in bf16 learns (chance is 0.1)
-    from maasctl.train.trainer import build_model_from_meta
+    from maasctl.models import build_model_from_meta
 
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     model = build_model_from_meta(ckpt["meta"]).eval()
