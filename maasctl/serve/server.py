@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
 import sys
 from collections.abc import Iterator
+from typing import Any
 
+import orjson
 import uvicorn
 
 from maasctl.repository import ModelRepository
@@ -51,7 +54,10 @@ def serve(
     dataplane = DataPlane(ModelRepository(repo), device, batching, version_policy)
     dataplane.load_all()
     config = uvicorn.Config(
-        create_app(dataplane, max_body_bytes, token=token, access_log=access_log, poll_seconds=poll_seconds),
+        _AnswerCutRequests(
+            create_app(dataplane, max_body_bytes, token=token, access_log=access_log, poll_seconds=poll_seconds),
+            drain_seconds,
+        ),
         host=host,
         port=port,
         log_level="info",
@@ -60,6 +66,35 @@ def serve(
         server_header=False,
     )
     _Server(config).run()
+
+
+class _AnswerCutRequests:
+    """When --drain-seconds runs out, uvicorn cancels the requests still running; uncaught, the cancellation reached
+    the client as a plain-text 500 and the log as a traceback, for an orderly shutdown. It is answered here as any
+    other error: 503 with {"error": ...} (the client may retry on another replica)."""
+
+    def __init__(self, app: Any, drain_seconds: float) -> None:
+        self.app, self.drain_seconds = app, drain_seconds
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if scope["type"] != "http" or started:  # too late to answer: the response was under way
+                raise
+            body = orjson.dumps(
+                {"error": f"the server shut down before this request finished (--drain-seconds {self.drain_seconds:g})"}
+            )
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
 
 
 def _json_lines_to_stdout(logger: logging.Logger) -> None:
