@@ -4,8 +4,11 @@ counters). Each DataPlane owns a registry of its own: several servers in one pro
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # 100 µs .. 10 s: a CPU batch of digits takes well under a millisecond, a queued request on a busy GPU seconds.
 LATENCY_BUCKETS = (
@@ -102,5 +105,25 @@ class Metrics:
         with contextlib.suppress(KeyError):
             self.pending.remove(name, str(version))
 
+    def watch_readiness(self, source: Callable[[], dict[str, bool]]) -> None:
+        """Export `maasctl_model_ready{model}` from `source` (model name -> has a version serving), read at each
+        scrape, so the gauge cannot lag the state /v2/health/ready reports."""
+        self.registry.register(_Readiness(source))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Readiness(Collector):
+    def __init__(self, source: Callable[[], dict[str, bool]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "maasctl_model_ready",
+            "1 while the model has a version serving; 0 while it should but has none (its load failed)",
+            labels=["model"],
+        )
+        for name, ready in sorted(self.source().items()):
+            family.add_metric([name], 1.0 if ready else 0.0)
+        yield family

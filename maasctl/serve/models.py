@@ -111,6 +111,13 @@ class ServedModels:
     def ready(self) -> bool:
         return all(self.served.get(name) for name in self.expected)
 
+    def readiness(self) -> dict[str, bool]:
+        """Every model meant to be served (present at start, loaded since, or failing to load and still on disk; not
+        those unloaded on purpose) -> whether it has a version serving: the `maasctl_model_ready` gauge."""
+        failing = {name for name, _ in self.failed} & set(self.repo.names())
+        names = (self.expected | set(self.served) | failing) - self.unloaded
+        return {name: bool(self.served.get(name)) for name in names}
+
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """Every version on disk or in memory, with its state: `POST /v2/repository/index`."""
         rows = []
