@@ -47,7 +47,9 @@ def test_real_local_predict_loads_no_torch(model_repo, tmp_path, entry):
 
 
 def test_server_modules_load_no_torch():
-    loaded = _modules_after("import maasctl.serve.server, maasctl.serve.rest, maasctl.serve.dataplane, maasctl.predict")
+    loaded = _modules_after(
+        "import maasctl.serve.server, maasctl.serve.rest, maasctl.serve.dataplane, maasctl.predict, maasctl.monitor"
+    )
     assert not loaded & set(HEAVY)
 
 

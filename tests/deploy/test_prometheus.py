@@ -21,6 +21,8 @@ import pytest
 import yaml
 from helpers import ROOT, free_port, http, infer, scrape, start_server, stop_server, system_tool, wait_until
 
+from maasctl import drift
+
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS / "alerts.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "maasctl.json"
@@ -52,7 +54,7 @@ def rule_exprs() -> list[str]:
 
 def dashboard_exprs() -> list[str]:
     doc = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for panel in doc["panels"] for t in panel["targets"]]
+    exprs = [t["expr"] for panel in doc["panels"] for t in panel.get("targets", [])]  # rows have none
     exprs += [
         v["definition"].removeprefix("label_values(").rsplit(",", 1)[0]
         for v in doc["templating"]["list"]
@@ -98,6 +100,26 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
     # A firing case names only the series meant to fire: the others in the same test are the quiet ones.
     assert alerts <= fires, f"no series fires {sorted(alerts - fires)}"
     assert alerts - quiet <= fires
+
+
+def test_drift_alert_thresholds_are_the_ones_maasctl_monitor_uses():
+    exprs = [e for e in rule_exprs() if "maasctl_drift" in e]
+    assert len(exprs) == 2
+    for expr in exprs:
+        assert f"> {drift.PSI_THRESHOLD}" in expr and f">= {drift.MIN_SAMPLES}" in expr, expr
+
+
+def test_dashboard_shows_traffic_latency_batching_queue_and_drift():
+    exprs = " ".join(dashboard_exprs())
+    for needed in (
+        "rate(nv_inference_request_success_total",
+        "histogram_quantile(0.99, sum by (model, le) (rate(maasctl_inference_request_seconds_bucket",
+        "nv_inference_count_total",  # over nv_inference_exec_count_total: the batch size
+        "maasctl_inference_queue_seconds_bucket",
+        "maasctl_drift_psi",
+        "maasctl_drift_prediction_psi",
+    ):
+        assert needed in exprs, needed
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +189,10 @@ def test_a_real_prometheus_scrapes_the_server_and_evaluates_the_rules(live, tmp_
         (success,) = query('nv_inference_request_success_total{job="maasctl", model="digits"}')
         assert float(success["value"][1]) == 3
         assert [float(r["value"][1]) for r in query('maasctl_model_ready{model="digits"}')] == [1]
+        # Every dashboard query runs (Grafana's variables filled in as it would) and finds data.
+        for expr in dashboard_exprs():
+            filled = expr.replace("$__rate_interval", "30s").replace("$job", "maasctl").replace("$model", ".*")
+            wait_until(lambda filled=filled: query(filled), f"dashboard query {filled}", timeout=30)
         # Every rule evaluates on real data without an error, and none fires on a healthy server.
         time.sleep(2)
         status, _, body = http("GET", f"{api}/rules")
