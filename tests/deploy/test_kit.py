@@ -1,5 +1,6 @@
 """The deployment kit in deploy/: Kubernetes kinds validated offline against the API schemas (kubernetes-validate,
-strict: an unknown field fails), KServe resources against KServe's own CRD schemas (pruned copies in schemas/),
+strict: an unknown field fails), KServe resources and the ServiceMonitor against their projects' CRD schemas (pruned
+copies in schemas/),
 and every container command parsed by the real `maasctl serve` CLI, so the kit cannot drift from the CLI."""
 
 from __future__ import annotations
@@ -161,29 +162,36 @@ def test_servicemonitor_scrapes_the_service_with_the_token():
     assert endpoint["authorization"]["credentials"] == {"name": "maasctl-token", "key": "token"}
 
 
-KSERVE = {
+# Custom resources, checked against their projects' own CRD schemas (pruned copies, see prune_crd.py).
+CRDS = {
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "servingruntime.v1alpha1.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice.v1beta1.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.v1.json",
 }
-KSERVE_FILES = ["kserve/servingruntime.yaml", "kserve/inferenceservice.yaml", "kserve/inferenceservice-canary.yaml"]
+CRD_FILES = [
+    "kserve/servingruntime.yaml",
+    "kserve/inferenceservice.yaml",
+    "kserve/inferenceservice-canary.yaml",
+    "kubernetes/servicemonitor.yaml",
+]
 
 
-def kserve_validate(doc: dict) -> None:
-    schema = json.loads((SCHEMAS / KSERVE[(doc["apiVersion"], doc["kind"])]).read_text())
+def crd_validate(doc: dict) -> None:
+    schema = json.loads((SCHEMAS / CRDS[(doc["apiVersion"], doc["kind"])]).read_text())
     jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)
 
 
-@pytest.mark.parametrize("name", KSERVE_FILES, ids=str)
-def test_kserve_resources_match_kserves_crd_schema(name):
+@pytest.mark.parametrize("name", CRD_FILES, ids=str)
+def test_custom_resources_match_their_crd_schema(name):
     for doc in docs(name):
-        kserve_validate(doc)
+        crd_validate(doc)
 
 
 def test_kserve_schema_catches_a_misspelt_field():
     (isvc,) = docs("kserve/inferenceservice.yaml")
     isvc["spec"]["predictor"]["model"]["storageURI"] = isvc["spec"]["predictor"]["model"].pop("storageUri")
     with pytest.raises(jsonschema.ValidationError, match="storageURI"):
-        kserve_validate(isvc)
+        crd_validate(isvc)
 
 
 def test_kserve_runtime_and_services_fit_together():
