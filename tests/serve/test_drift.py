@@ -98,3 +98,14 @@ def test_a_manifest_without_statistics_serves_without_drift_gauges(model_repo, t
 def test_monitor_without_a_server_exits_3():
     done = run_cli("monitor", "digits", "--url", "http://127.0.0.1:9", check=False)
     assert done.returncode == 3 and "cannot reach" in done.stderr
+
+
+def test_monitor_sends_the_token(model_repo):
+    server = start_server(model_repo, "--token", "s3cret")
+    try:
+        refused = run_cli("monitor", "digits", "--url", server.url, check=False)
+        assert refused.returncode == 3 and "401" in refused.stderr and "--token" in refused.stderr
+        allowed = run_cli("monitor", "digits", "--url", server.url, "--json", env={"MAASCTL_TOKEN": "s3cret"})
+        assert json.loads(allowed.stdout)["reports"][0]["samples"] == 0
+    finally:
+        stop_server(server)
