@@ -18,8 +18,10 @@ and the PSI of the predicted classes.
 PSI = sum over bins of (a - e) ln(a / e), the symmetric Kullback-Leibler divergence of the window's bin shares `a`
 from the reference's `e` (both smoothed by half a count per bin, so an empty bin is finite). With no drift, n * PSI
 is about chi-squared with (bins - 1) degrees of freedom: PSI averages (BINS - 1) / n, 0.018 at n = 500, and the
-largest of 100 values stays under 0.07 there in 99% of windows. So `PSI_THRESHOLD` 0.2 (the usual "significant shift") is meant only
-once the window holds `MIN_SAMPLES` 500 samples: the alert rules require both.
+largest of 100 values stays under 0.07 there in 99% of windows. A reference of m samples adds its own noise: the
+average becomes (BINS - 1) (1/n + 1/m), which matters for small validation splits (text, predicted classes). So
+`PSI_THRESHOLD` 0.2 (the usual "significant shift") is meant only once the window holds `MIN_SAMPLES` 500 samples:
+the alert rules require both.
 """
 
 from __future__ import annotations
