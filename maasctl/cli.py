@@ -287,6 +287,53 @@ def serve(
     )
 
 
+@app.command()
+def monitor(
+    model: str = typer.Argument(..., help="a served model: NAME, or NAME:VERSION"),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="the maasctl server"),
+    token: str | None = typer.Option(
+        None, "--token", envvar="MAASCTL_TOKEN", show_envvar=True, help="the server's token, if it has one"
+    ),
+    json_: bool = JSON,
+) -> None:
+    """Print a served model's drift: each input value's PSI and mean shift, and the predicted classes' PSI, against
+    the training statistics in its manifest. Exit 1 when it drifts past the alert thresholds with enough samples."""
+    from maasctl import drift
+    from maasctl.monitor import model_reports
+
+    name, _, version = model.partition(":")
+    if version and not version.isdecimal():
+        raise MaasctlError(f"model {model!r}: the version after ':' must be a number")
+    reports = model_reports(url, name, int(version) if version else None, token)
+    if json_:
+        _emit_json({"reports": reports, "thresholds": _drift_thresholds()})
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        for report in reports:
+            table = Table(title=f"{report['model']} version {report['version']}: {report['samples']} samples")
+            for column in ("value", "PSI", "mean shift (sd)", ""):
+                table.add_column(column, justify="left" if column == "value" else "right")
+            for value in report["values"]:
+                flag = "DRIFT" if value["drifting"] else ""
+                table.add_row(value["name"], f"{value['psi']:.3f}", f"{value['mean_shift']:+.2f}", flag)
+            if report["prediction_psi"] is not None:
+                flag = "DRIFT" if report["predictions_drifting"] else ""
+                table.add_row("predicted classes", f"{report['prediction_psi']:.3f}", "", flag)
+            Console(highlight=False).print(table)
+            if not report["enough_samples"]:
+                _log(f"only {report['samples']} of the {drift.MIN_SAMPLES} samples needed to judge drift")
+    if any(r["drifting"] for r in reports):
+        raise typer.Exit(1)
+
+
+def _drift_thresholds() -> dict[str, float]:
+    from maasctl import drift
+
+    return {"psi": drift.PSI_THRESHOLD, "mean_shift": drift.SHIFT_THRESHOLD, "min_samples": drift.MIN_SAMPLES}
+
+
 @app.command(
     help="Predict labels for images and tensors (files, folders, globs, stdin), locally or through a server, "
     "and gate CI on expected labels. Exit codes: 0 ok, 1 gate failed, 2 usage or input error, 3 model or server "

@@ -86,6 +86,7 @@ class ModelBatcher:
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: list[_Request] = []
+        self.drift: Any = None  # a maasctl.drift.DriftMonitor, set when the manifest has training statistics
 
     async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run."""
@@ -251,6 +252,8 @@ class ModelBatcher:
         self._m_compute.observe(time.perf_counter() - start)
         self._m_exec.inc()
         self._m_count.inc(rows)
+        if self.drift is not None:  # here, in the worker thread, once per batch: off the event loop
+            self.drift.observe(feeds, results)
         return results
 
     def _output_names(self, batch: list[_Request]) -> list[str]:

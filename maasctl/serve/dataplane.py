@@ -44,6 +44,8 @@ class DataPlane:
         self.metrics = m.Metrics()  # this dataplane's own registry, served at /metrics
         policy = version_policy if isinstance(version_policy, VersionPolicy) else VersionPolicy.parse(version_policy)
         self.served = ServedModels(repo, device, self.batching, self.metrics, policy)
+        self.metrics.watch_readiness(self.served.readiness)
+        self.metrics.watch_drift(self.served.drift_monitors)
         self.loaded = False
 
     def load_all(self) -> None:

@@ -4,8 +4,12 @@ counters). Each DataPlane owns a registry of its own: several servers in one pro
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # 100 µs .. 10 s: a CPU batch of digits takes well under a millisecond, a queued request on a busy GPU seconds.
 LATENCY_BUCKETS = (
@@ -102,5 +106,69 @@ class Metrics:
         with contextlib.suppress(KeyError):
             self.pending.remove(name, str(version))
 
+    def watch_readiness(self, source: Callable[[], dict[str, bool]]) -> None:
+        """Export `maasctl_model_ready{model}` from `source` (model name -> has a version serving), read at each
+        scrape, so the gauge cannot lag the state /v2/health/ready reports."""
+        self.registry.register(_Readiness(source))
+
+    def watch_drift(self, source: Callable[[], list[Any]]) -> None:
+        """Export the drift gauges of the DriftMonitors (maasctl/drift.py) `source` returns, computed at each scrape
+        from their windows. Models without training statistics have no monitor, so no drift series."""
+        self.registry.register(_Drift(source))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Readiness(Collector):
+    def __init__(self, source: Callable[[], dict[str, bool]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "maasctl_model_ready",
+            "1 while the model has a version serving; 0 while it should but has none (its load failed)",
+            labels=["model"],
+        )
+        for name, ready in sorted(self.source().items()):
+            family.add_metric([name], 1.0 if ready else 0.0)
+        yield family
+
+
+class _Drift(Collector):
+    def __init__(self, source: Callable[[], list[Any]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        reports = [monitor.report() for monitor in self.source()]
+        if not reports:
+            return
+        labels, per_value = ["model", "version"], ["model", "version", "feature"]
+        samples = GaugeMetricFamily(
+            "maasctl_drift_window_samples", "Samples in the model's drift window (alert only past 500)", labels=labels
+        )
+        value_psi = GaugeMetricFamily(
+            "maasctl_drift_psi",
+            "Population stability index of a monitored input value (feature, channel mean, text length or unknown-"
+            "token rate) in the window against the training statistics",
+            labels=per_value,
+        )
+        shift = GaugeMetricFamily(
+            "maasctl_drift_mean_shift",
+            "Window mean of a monitored input value minus its training mean, in training standard deviations",
+            labels=per_value,
+        )
+        prediction = GaugeMetricFamily(
+            "maasctl_drift_prediction_psi",
+            "Population stability index of the predicted classes in the window against those on the validation split",
+            labels=labels,
+        )
+        for report in reports:
+            key = [report["model"], str(report["version"])]
+            samples.add_metric(key, report["samples"])
+            for value in report["values"]:
+                value_psi.add_metric([*key, value["name"]], value["psi"])
+                shift.add_metric([*key, value["name"]], value["mean_shift"])
+            if report["prediction_psi"] is not None:
+                prediction.add_metric(key, report["prediction_psi"])
+        yield from (samples, value_psi, shift, prediction)
