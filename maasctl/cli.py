@@ -256,6 +256,11 @@ def serve(
         min=0,
         help="look for new, changed and removed versions this often (0: at start, and on POST /v2/repository/models/NAME/load)",
     ),
+    exit_on_error: bool = typer.Option(
+        True,
+        "--exit-on-error/--no-exit-on-error",
+        help="a model that fails to load at start-up stops the server (exit 3); --no-exit-on-error serves the ones that loaded",
+    ),
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (KServe v2 REST)."""
     if device not in ("auto", "cpu", "cuda"):
@@ -280,6 +285,7 @@ def serve(
         token,
         version_policy,
         poll_seconds,
+        exit_on_error,
     )
 
 

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from maasctl.errors import Unavailable, UsageError
 from maasctl.repository import ModelRepository
+from maasctl.runtime.session import select_providers
 from maasctl.serve.batching import BatchingConfig
 from maasctl.serve.dataplane import DataPlane
 from maasctl.serve.rest import create_app
@@ -39,7 +41,9 @@ def serve(
     token: str | None = None,
     version_policy: str = "latest",
     poll_seconds: float = 0,
+    exit_on_error: bool = True,
 ) -> None:
+    _check_device(device)  # before any model loads or port opens
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if access_log:
         _json_lines_to_stdout(logging.getLogger("maasctl.access"))
@@ -50,6 +54,8 @@ def serve(
         )
     dataplane = DataPlane(ModelRepository(repo), device, batching, version_policy)
     dataplane.load_all()
+    if exit_on_error:
+        _exit_on_failed_loads(dataplane)
     config = uvicorn.Config(
         create_app(dataplane, max_body_bytes, token=token, access_log=access_log, poll_seconds=poll_seconds),
         host=host,
@@ -60,6 +66,28 @@ def serve(
         server_header=False,
     )
     _Server(config).run()
+
+
+def _check_device(device: str) -> None:
+    """`--device cuda` without the CUDA execution provider: one message with the fix, exit 3, no port bound (each
+    model failing to load with the same reason, and a server that never gets ready, told the user nothing)."""
+    try:
+        select_providers(device)
+    except UsageError as exc:
+        raise Unavailable(f"cannot serve: {exc}") from None
+
+
+def _exit_on_failed_loads(dataplane: DataPlane) -> None:
+    """Triton's --exit-on-error: a version that fails to load at start-up stops the server (exit 3), so a broken
+    rollout shows as a crash-looping pod, not a replica that is never ready. Loads after start-up (polling, the
+    load endpoint) keep the serving version instead."""
+    failed = sorted(dataplane.served.failed.items())
+    if failed:
+        reasons = "; ".join(f"{name} version {version}: {f.reason}" for (name, version), f in failed)
+        raise Unavailable(
+            f"{len(failed)} model version(s) failed to load at start-up: {reasons}. Fix or remove them, or pass "
+            "--no-exit-on-error to serve the models that did load"
+        )
 
 
 def _json_lines_to_stdout(logger: logging.Logger) -> None:
