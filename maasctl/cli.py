@@ -256,6 +256,13 @@ def serve(
         min=0,
         help="look for new, changed and removed versions this often (0: at start, and on POST /v2/repository/models/NAME/load)",
     ),
+    grpc_port: int | None = typer.Option(
+        None,
+        "--grpc-port",
+        min=0,
+        max=65535,
+        help="also serve the Open Inference Protocol over gRPC on this port (Triton's is 8001; default: REST only)",
+    ),
     exit_on_error: bool = typer.Option(
         True,
         "--exit-on-error/--no-exit-on-error",
@@ -286,6 +293,7 @@ def serve(
         version_policy,
         poll_seconds,
         exit_on_error,
+        grpc_port,
     )
 
 

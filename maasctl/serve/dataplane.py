@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from maasctl import __version__
-from maasctl.protocol.v2 import InferResponse, decode_request, encode_response
+from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_response
 from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
@@ -100,6 +100,19 @@ class DataPlane:
         """Inference on arrays already decoded (the file-upload endpoint), through the same batcher as infer. Not
         counted in the metrics: the caller counts its whole request with `counted`."""
         return await self.served.get(name, version).batcher.infer(inputs)
+
+    async def infer_decoded(
+        self, name: str, version: str | None, decode: Callable[[TensorSignature], InferRequest]
+    ) -> InferResponse:
+        """`infer` for a transport with its own codec (gRPC): `decode` turns its message into a request checked
+        against the model's signature. Counted, queue-limited and batched as `infer`."""
+        served = self.served.get(name, version)
+        model = served.model
+        with self.counted(model):
+            served.batcher.raise_if_full()
+            request = decode(served.signature)
+            outputs = await served.batcher.infer(request.inputs, request.outputs)
+            return InferResponse(name, str(model.version), outputs, request.id)
 
     @contextlib.contextmanager
     def counted(self, model: LoadedModel) -> Iterator[None]:

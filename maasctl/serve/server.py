@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
+import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -20,13 +24,40 @@ from maasctl.serve.rest import create_app
 
 class _Server(uvicorn.Server):
     """uvicorn drains in-flight requests on SIGINT/SIGTERM, then re-raises the signal so the process dies by
-    it. After a completed drain the shutdown was orderly, so maasctl exits 0 instead."""
+    it. After a completed drain the shutdown was orderly, so maasctl exits 0 instead.
+
+    With `start_grpc`, the gRPC server runs on the same event loop (the batchers are bound to it, so gRPC and REST
+    requests share batches, queues and metrics): it binds before the HTTP port, and on SIGTERM it stops taking
+    calls and drains alongside HTTP; the models are closed (the lifespan's shutdown) only after both drained."""
+
+    start_grpc: Callable[[], Awaitable[Any]] | None = None
+    _grpc: Any = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         with super().capture_signals():
             yield
             self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.start_grpc is not None:
+            self._grpc = await self.start_grpc()
+        await super().startup(sockets)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._grpc is None:
+            await super().shutdown(sockets)
+            return
+        grpc_drained = asyncio.ensure_future(self._grpc.stop(self.config.timeout_graceful_shutdown))
+        close_models = self.lifespan.shutdown
+
+        async def after_grpc() -> None:  # uvicorn's shutdown ends with the lifespan's: hold it for gRPC
+            await grpc_drained
+            await close_models()
+
+        self.lifespan.shutdown = after_grpc
+        await super().shutdown(sockets)
+        await grpc_drained
 
 
 def serve(
@@ -42,6 +73,7 @@ def serve(
     version_policy: str = "latest",
     poll_seconds: float = 0,
     exit_on_error: bool = True,
+    grpc_port: int | None = None,
 ) -> None:
     _check_device(device)  # before any model loads or port opens
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -65,7 +97,12 @@ def serve(
         timeout_graceful_shutdown=drain_seconds,
         server_header=False,
     )
-    _Server(config).run()
+    server = _Server(config)
+    if grpc_port is not None:
+        from maasctl.serve import grpc_service  # grpcio is imported only when gRPC is asked for
+
+        server.start_grpc = functools.partial(grpc_service.start, dataplane, host, grpc_port, token, max_body_bytes)
+    server.run()
 
 
 def _check_device(device: str) -> None:
