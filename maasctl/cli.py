@@ -218,6 +218,18 @@ def serve(
         "auto", "--device", help="auto (CUDA when onnxruntime has it) | cpu | cuda (refuse to start without it)"
     ),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body accepted (413 beyond)"),
+    max_json_mb: float = typer.Option(
+        16,
+        "--max-json-mb",
+        min=0,
+        help="largest JSON infer body, or JSON header of a binary one (413 beyond): decoding JSON takes ~10x its size",
+    ),
+    max_decoding_mb: float = typer.Option(
+        128,
+        "--max-decoding-mb",
+        min=1,
+        help="request-body bytes held for decoding and inference at once, server-wide; beyond it 503 + Retry-After",
+    ),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one JSON line per request on stdout"),
     drain_seconds: float = typer.Option(
         30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"
@@ -275,6 +287,7 @@ def serve(
     if token is not None and not token.strip():
         raise MaasctlError("--token / MAASCTL_TOKEN is empty: give a secret, or unset it to serve without one")
     from maasctl.serve.batching import BatchingConfig
+    from maasctl.serve.memory import BodyBudget
     from maasctl.serve.models import VersionPolicy
     from maasctl.serve.server import serve as run_server
 
@@ -294,6 +307,7 @@ def serve(
         poll_seconds,
         exit_on_error,
         grpc_port,
+        BodyBudget(int(max_decoding_mb * 1024 * 1024), int(max_json_mb * 1024 * 1024)),
     )
 
 

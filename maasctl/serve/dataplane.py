@@ -17,6 +17,7 @@ from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
 from maasctl.serve.batching import BackendError, BatchingConfig, Overloaded, TimedOut
+from maasctl.serve.memory import BodyBudget
 from maasctl.serve.models import ServedModels, VersionPolicy
 
 log = logging.getLogger("maasctl.serve")
@@ -31,8 +32,10 @@ class DataPlane:
         device: str = "auto",
         batching: BatchingConfig | None = None,
         version_policy: VersionPolicy | str = "latest",
+        body_budget: BodyBudget | None = None,
     ) -> None:
         self.repo = repo
+        self.body_budget = body_budget or BodyBudget()  # body bytes decoded at once, shared by the transports
         self.device = device
         self.batching = batching or BatchingConfig()
         self.metrics = m.Metrics()  # this dataplane's own registry, served at /metrics

@@ -69,12 +69,15 @@ class OipService:
         return codec.model_metadata(self.dataplane.model_metadata(request.name, request.version or None))
 
     async def ModelInfer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        response = await self.dataplane.infer_decoded(
-            request.model_name,
-            request.model_version or None,
-            lambda signature: codec.decode_infer_request(request, signature),
-        )
-        return codec.encode_infer_response(response)
+        # grpc has received the message (within --max-body-mb); its bytes count against the server-wide bound
+        # while its tensors are decoded and inferred, as a REST body's do
+        with self.dataplane.body_budget.hold(request.ByteSize()):
+            response = await self.dataplane.infer_decoded(
+                request.model_name,
+                request.model_version or None,
+                lambda signature: codec.decode_infer_request(request, signature),
+            )
+            return codec.encode_infer_response(response)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
         rows = self.dataplane.repository_index(request.ready)

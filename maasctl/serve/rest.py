@@ -24,6 +24,7 @@ from maasctl.serve.access_log import AccessLog
 from maasctl.serve.auth import BearerAuth
 from maasctl.serve.batching import Overloaded
 from maasctl.serve.dataplane import DataPlane
+from maasctl.serve.memory import DecodingFull, JsonTooLarge, declared_size
 from maasctl.serve.metrics import CONTENT_TYPE
 
 log = logging.getLogger("maasctl.serve")
@@ -70,9 +71,17 @@ def create_app(
 
     async def infer(request: Request) -> Response:
         p = request.path_params
-        body = await _read_body(request, max_body_bytes)
         header_length = request.headers.get("inference-header-content-length")
-        content, headers = await dataplane.infer(p["name"], p.get("version"), body, header_length)
+        declared = request.headers.get("content-length")
+        try:
+            limit = dataplane.body_budget.infer_limit(declared, header_length, max_body_bytes)
+            with dataplane.body_budget.hold(declared_size(declared, limit)):  # see memory.py
+                body = await _read_body(request, limit)
+                content, headers = await dataplane.infer(p["name"], p.get("version"), body, header_length)
+        except (DecodingFull, JsonTooLarge):
+            async for _ in _limited_stream(request, max_body_bytes):  # read and drop the body, so the client,
+                pass  # still sending it, gets the 503 or 413 rather than a reset connection
+            raise
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
 

@@ -19,6 +19,7 @@ from maasctl.repository import ModelRepository
 from maasctl.runtime.session import select_providers
 from maasctl.serve.batching import BatchingConfig
 from maasctl.serve.dataplane import DataPlane
+from maasctl.serve.memory import BodyBudget
 from maasctl.serve.rest import create_app
 
 
@@ -74,6 +75,7 @@ def serve(
     poll_seconds: float = 0,
     exit_on_error: bool = True,
     grpc_port: int | None = None,
+    body_budget: BodyBudget | None = None,
 ) -> None:
     _check_device(device)  # before any model loads or port opens
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -84,7 +86,7 @@ def serve(
         log.warning(
             "listening on %s without a token: anyone who can reach the port can use it (set MAASCTL_TOKEN)", host
         )
-    dataplane = DataPlane(ModelRepository(repo), device, batching, version_policy)
+    dataplane = DataPlane(ModelRepository(repo), device, batching, version_policy, body_budget)
     dataplane.load_all()
     if exit_on_error:
         _exit_on_failed_loads(dataplane)
