@@ -275,6 +275,12 @@ def serve(
         max=65535,
         help="also serve the Open Inference Protocol over gRPC on this port (Triton's is 8001; default: REST only)",
     ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="server processes on the port (SO_REUSEPORT), each with its own models; default: 1 on a GPU or under 4 cores, else cores/4",
+    ),
     exit_on_error: bool = typer.Option(
         True,
         "--exit-on-error/--no-exit-on-error",
@@ -289,26 +295,34 @@ def serve(
     from maasctl.serve.batching import BatchingConfig
     from maasctl.serve.memory import BodyBudget
     from maasctl.serve.models import VersionPolicy
+    from maasctl.serve.server import check_device
     from maasctl.serve.server import serve as run_server
+    from maasctl.serve.workers import default_workers, serve_workers
 
     VersionPolicy.parse(version_policy)  # a typo fails here, before any model loads
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size, request_timeout_s or None)
-    run_server(
-        str(repo),
-        host,
-        port,
-        device,
-        int(max_body_mb * 1024 * 1024),
-        access_log,
-        drain_seconds,
-        batching,
-        token,
-        version_policy,
-        poll_seconds,
-        exit_on_error,
-        grpc_port,
-        BodyBudget(int(max_decoding_mb * 1024 * 1024), int(max_json_mb * 1024 * 1024)),
+    options = dict(
+        repo=str(repo),
+        host=host,
+        port=port,
+        device=device,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        access_log=access_log,
+        drain_seconds=drain_seconds,
+        batching=batching,
+        token=token,
+        version_policy=version_policy,
+        poll_seconds=poll_seconds,
+        exit_on_error=exit_on_error,
+        grpc_port=grpc_port,
+        body_budget=BodyBudget(int(max_decoding_mb * 1024 * 1024), int(max_json_mb * 1024 * 1024)),
     )
+    check_device(device)  # before any model loads, worker starts or port opens
+    workers = workers or default_workers(device)
+    if workers == 1:
+        run_server(**options)
+        return
+    serve_workers(workers, **options)
 
 
 @app.command(

@@ -99,6 +99,8 @@ def start_server(repo: Path, *extra: str, ready: bool = True) -> Server:
     """`maasctl serve` in a subprocess, once ready (or, with `ready=False`, once live: a server that serves only
     some of its models never gets ready)."""
     port = free_port()
+    if "--workers" not in extra:  # one process, whatever the machine's cores would choose
+        extra = ("--workers", "1", *extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "maasctl", "serve", "--repo", str(repo), "--port", str(port), *extra],
         stdout=subprocess.PIPE,

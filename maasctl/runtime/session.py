@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,9 @@ def load_model(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = os.environ.get("MAASCTL_INTRA_OP_THREADS", "")  # serve --workers N: each worker's share of the cores
+    if threads.isdecimal():
+        options.intra_op_num_threads = int(threads)
     try:
         session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=select_providers(device))
     except UsageError:

@@ -21,6 +21,7 @@ from maasctl.serve.batching import BatchingConfig
 from maasctl.serve.dataplane import DataPlane
 from maasctl.serve.memory import BodyBudget
 from maasctl.serve.rest import create_app
+from maasctl.serve.workers import Worker, WorkerDataPlane
 
 
 class _Server(uvicorn.Server):
@@ -32,7 +33,9 @@ class _Server(uvicorn.Server):
     calls and drains alongside HTTP; the models are closed (the lifespan's shutdown) only after both drained."""
 
     start_grpc: Callable[[], Awaitable[Any]] | None = None
+    follow: Callable[[], Awaitable[None]] | None = None  # --workers: apply the loads other workers took
     _grpc: Any = None
+    _following: asyncio.Task | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -44,8 +47,12 @@ class _Server(uvicorn.Server):
         if self.start_grpc is not None:
             self._grpc = await self.start_grpc()
         await super().startup(sockets)
+        if self.follow is not None:
+            self._following = asyncio.create_task(self.follow())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._following is not None:
+            self._following.cancel()
         if self._grpc is None:
             await super().shutdown(sockets)
             return
@@ -76,8 +83,10 @@ def serve(
     exit_on_error: bool = True,
     grpc_port: int | None = None,
     body_budget: BodyBudget | None = None,
+    worker: Worker | None = None,
 ) -> None:
-    _check_device(device)  # before any model loads or port opens
+    """One server process; with `worker`, one of several on the same port (see workers.py)."""
+    check_device(device)  # before any model loads or port opens
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if access_log:
         _json_lines_to_stdout(logging.getLogger("maasctl.access"))
@@ -86,7 +95,10 @@ def serve(
         log.warning(
             "listening on %s without a token: anyone who can reach the port can use it (set MAASCTL_TOKEN)", host
         )
-    dataplane = DataPlane(ModelRepository(repo), device, batching, version_policy, body_budget)
+    plane_class = DataPlane if worker is None else WorkerDataPlane
+    dataplane = plane_class(ModelRepository(repo), device, batching, version_policy, body_budget)
+    if isinstance(dataplane, WorkerDataPlane) and worker is not None:
+        dataplane.worker = worker
     dataplane.load_all()
     if exit_on_error:
         _exit_on_failed_loads(dataplane)
@@ -103,11 +115,17 @@ def serve(
     if grpc_port is not None:
         from maasctl.serve import grpc_service  # grpcio is imported only when gRPC is asked for
 
-        server.start_grpc = functools.partial(grpc_service.start, dataplane, host, grpc_port, token, max_body_bytes)
-    server.run()
+        server.start_grpc = functools.partial(
+            grpc_service.start, dataplane, host, grpc_port, token, max_body_bytes, reuse_port=worker is not None
+        )
+    if worker is None:
+        server.run()
+        return
+    server.follow = functools.partial(worker.follow, dataplane)
+    server.run(sockets=[worker.bind(host, port)])
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     """`--device cuda` without the CUDA execution provider: one message with the fix, exit 3, no port bound (each
     model failing to load with the same reason, and a server that never gets ready, told the user nothing)."""
     try:
