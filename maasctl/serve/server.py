@@ -95,10 +95,8 @@ def serve(
         log.warning(
             "listening on %s without a token: anyone who can reach the port can use it (set MAASCTL_TOKEN)", host
         )
-    plane_class = DataPlane if worker is None else WorkerDataPlane
-    dataplane = plane_class(ModelRepository(repo), device, batching, version_policy, body_budget)
-    if isinstance(dataplane, WorkerDataPlane) and worker is not None:
-        dataplane.worker = worker
+    plane = (ModelRepository(repo), device, batching, version_policy, body_budget)
+    dataplane = DataPlane(*plane) if worker is None else WorkerDataPlane(*plane, worker=worker)
     dataplane.load_all()
     if exit_on_error:
         _exit_on_failed_loads(dataplane)

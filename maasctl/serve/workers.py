@@ -95,7 +95,9 @@ class Worker:
 class WorkerDataPlane(DataPlane):
     """A dataplane whose loads and unloads are passed on to the other workers."""
 
-    worker: Worker
+    def __init__(self, *args: Any, worker: Worker, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker = worker
 
     async def load_model(self, name: str) -> list[int]:
         try:
