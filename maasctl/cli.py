@@ -222,6 +222,18 @@ def serve(
         "auto", "--device", help="auto (CUDA when onnxruntime has it) | cpu | cuda (refuse to start without it)"
     ),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body accepted (413 beyond)"),
+    max_json_mb: float = typer.Option(
+        16,
+        "--max-json-mb",
+        min=0,
+        help="largest JSON infer body, or JSON header of a binary one (413 beyond): decoding JSON takes ~10x its size",
+    ),
+    max_decoding_mb: float = typer.Option(
+        128,
+        "--max-decoding-mb",
+        min=1,
+        help="request-body bytes held for decoding and inference at once, server-wide; beyond it 503 + Retry-After",
+    ),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one JSON line per request on stdout"),
     drain_seconds: float = typer.Option(
         30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"
@@ -260,6 +272,24 @@ def serve(
         min=0,
         help="look for new, changed and removed versions this often (0: at start, and on POST /v2/repository/models/NAME/load)",
     ),
+    grpc_port: int | None = typer.Option(
+        None,
+        "--grpc-port",
+        min=0,
+        max=65535,
+        help="also serve the Open Inference Protocol over gRPC on this port (Triton's is 8001; default: REST only)",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="server processes on the port (SO_REUSEPORT), each with its own models; default: 1 on a GPU or under 4 cores, else cores/4",
+    ),
+    exit_on_error: bool = typer.Option(
+        True,
+        "--exit-on-error/--no-exit-on-error",
+        help="a model that fails to load at start-up stops the server (exit 3); --no-exit-on-error serves the ones that loaded",
+    ),
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (KServe v2 REST)."""
     if device not in ("auto", "cpu", "cuda"):
@@ -267,24 +297,36 @@ def serve(
     if token is not None and not token.strip():
         raise MaasctlError("--token / MAASCTL_TOKEN is empty: give a secret, or unset it to serve without one")
     from maasctl.serve.batching import BatchingConfig
+    from maasctl.serve.memory import BodyBudget
     from maasctl.serve.models import VersionPolicy
+    from maasctl.serve.server import check_device
     from maasctl.serve.server import serve as run_server
+    from maasctl.serve.workers import default_workers, serve_workers
 
     VersionPolicy.parse(version_policy)  # a typo fails here, before any model loads
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size, request_timeout_s or None)
-    run_server(
-        str(repo),
-        host,
-        port,
-        device,
-        int(max_body_mb * 1024 * 1024),
-        access_log,
-        drain_seconds,
-        batching,
-        token,
-        version_policy,
-        poll_seconds,
+    options = dict(
+        repo=str(repo),
+        host=host,
+        port=port,
+        device=device,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        access_log=access_log,
+        drain_seconds=drain_seconds,
+        batching=batching,
+        token=token,
+        version_policy=version_policy,
+        poll_seconds=poll_seconds,
+        exit_on_error=exit_on_error,
+        grpc_port=grpc_port,
+        body_budget=BodyBudget(int(max_decoding_mb * 1024 * 1024), int(max_json_mb * 1024 * 1024)),
     )
+    check_device(device)  # before any model loads, worker starts or port opens
+    workers = workers or default_workers(device)
+    if workers == 1:
+        run_server(**options)
+        return
+    serve_workers(workers, **options)
 
 
 @app.command()

@@ -97,8 +97,12 @@ class Server:
             return e.code, json.loads(e.read())
 
 
-def start_server(repo: Path, *extra: str) -> Server:
+def start_server(repo: Path, *extra: str, ready: bool = True) -> Server:
+    """`maasctl serve` in a subprocess, once ready (or, with `ready=False`, once live: a server that serves only
+    some of its models never gets ready)."""
     port = free_port()
+    if "--workers" not in extra:  # one process, whatever the machine's cores would choose
+        extra = ("--workers", "1", *extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "maasctl", "serve", "--repo", str(repo), "--port", str(port), *extra],
         stdout=subprocess.PIPE,
@@ -111,7 +115,7 @@ def start_server(repo: Path, *extra: str) -> Server:
         if proc.poll() is not None:
             raise AssertionError(f"server exited {proc.returncode}:\n{proc.stdout.read()}")
         try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=1) as r:
+            with urllib.request.urlopen(url + ("/v2/health/ready" if ready else "/v2/health/live"), timeout=1) as r:
                 if r.status == 200:
                     return Server(proc, url)
         except OSError:

@@ -18,11 +18,12 @@ from maasctl.inputs.decode import load_all, stack_batches
 from maasctl.inputs.outputs import label_batch, model_labels, scores_output
 from maasctl.inputs.types import ModelInput, Sample, Source
 from maasctl.protocol.errors import InvalidInput
-from maasctl.protocol.v2 import InferResponse, decode_request, encode_response
+from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_response
 from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
 from maasctl.serve.batching import BackendError, BatchingConfig, Overloaded, TimedOut
+from maasctl.serve.memory import BodyBudget
 from maasctl.serve.models import ServedModels, VersionPolicy
 
 log = logging.getLogger("maasctl.serve")
@@ -37,8 +38,10 @@ class DataPlane:
         device: str = "auto",
         batching: BatchingConfig | None = None,
         version_policy: VersionPolicy | str = "latest",
+        body_budget: BodyBudget | None = None,
     ) -> None:
         self.repo = repo
+        self.body_budget = body_budget or BodyBudget()  # body bytes decoded at once, shared by the transports
         self.device = device
         self.batching = batching or BatchingConfig()
         self.metrics = m.Metrics()  # this dataplane's own registry, served at /metrics
@@ -119,6 +122,19 @@ class DataPlane:
                     )
                 predictions += [p.to_json() for p in label_batch(batch, logits, labels, upload.top_k)]
             return {"model_name": model.name, "model_version": str(model.version), "predictions": predictions}
+
+    async def infer_decoded(
+        self, name: str, version: str | None, decode: Callable[[TensorSignature], InferRequest]
+    ) -> InferResponse:
+        """`infer` for a transport with its own codec (gRPC): `decode` turns its message into a request checked
+        against the model's signature. Counted, queue-limited and batched as `infer`."""
+        served = self.served.get(name, version)
+        model = served.model
+        with self.counted(model):
+            served.batcher.raise_if_full()
+            request = decode(served.signature)
+            outputs = await served.batcher.infer(request.inputs, request.outputs)
+            return InferResponse(name, str(model.version), outputs, request.id)
 
     @contextlib.contextmanager
     def counted(self, model: LoadedModel) -> Iterator[None]:

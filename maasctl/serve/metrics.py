@@ -4,6 +4,7 @@ counters). Each DataPlane owns a registry of its own: several servers in one pro
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,7 +58,11 @@ class Metrics:
             registry=r,
         )
         self.pending = Gauge(
-            "nv_inference_pending_request_count", "Requests queued for the model, not yet executing", LABELS, registry=r
+            "nv_inference_pending_request_count",
+            "Requests queued for the model, not yet executing",
+            LABELS,
+            registry=r,
+            multiprocess_mode="livesum",  # with --workers: the queues of all live workers
         )
         self.queue_seconds = Histogram(
             "maasctl_inference_queue_seconds",
@@ -85,6 +90,7 @@ class Metrics:
             "1 for each model being served, with its execution provider and batching",
             (*LABELS, "provider", "max_batch_size"),
             registry=r,
+            multiprocess_mode="livemax",
         )
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -102,8 +108,10 @@ class Metrics:
         """Drop the version's info and queue gauges; its counters stay, so totals never go backwards."""
         info = self._info_labels.pop((name, str(version)), None)
         if info is not None:
+            self.model_info.labels(*info).set(0)  # with --workers the value stays in the worker's file: make it 0
             self.model_info.remove(*info)
         with contextlib.suppress(KeyError):
+            self.pending.labels(name, str(version)).set(0)
             self.pending.remove(name, str(version))
 
     def watch_readiness(self, source: Callable[[], dict[str, bool]]) -> None:
@@ -117,6 +125,12 @@ class Metrics:
         self.registry.register(_Drift(source))
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers: every worker's samples, summed
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 

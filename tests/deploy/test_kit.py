@@ -58,7 +58,7 @@ def test_image_entrypoint_is_a_valid_serve_command(name):
     ctx = serve_context(image["ENTRYPOINT"] + image["CMD"])
     assert ctx.params["repo"] == Path(MODELS)
     assert ctx.params["host"] == "0.0.0.0"  # reachable from outside the container
-    assert image["EXPOSE"] == [str(ctx.params["port"])]
+    assert image["EXPOSE"] == [f"{ctx.params['port']} {ctx.params['grpc_port']}"]  # REST and gRPC
     assert image["USER"] == ["1000:1000"]
     assert ctx.params["token"] is None  # never baked into an image: MAASCTL_TOKEN at run time
     # Only what exists is copied (pip install . needs pyproject.toml, and the README it names).
@@ -95,7 +95,7 @@ def test_container_args_parse_with_the_cli():
         ctx = serve_context([*dockerfile("Dockerfile")["ENTRYPOINT"], *container["args"]])
         assert ctx.params["repo"] == Path(MODELS)
         assert ctx.params["host"] == "0.0.0.0"
-        assert [p["containerPort"] for p in container["ports"]] == [ctx.params["port"]]
+        assert [p["containerPort"] for p in container["ports"]] == [ctx.params["port"], ctx.params["grpc_port"]]
 
 
 def test_a_flag_the_cli_lacks_is_caught():
@@ -201,8 +201,12 @@ def test_kserve_runtime_and_services_fit_together():
     (container,) = spec["containers"]
     assert container["name"] == "kserve-container"  # KServe injects storage and probes into this one
     assert set(spec["protocolVersions"]) <= {"v1", "v2", "grpc-v1", "grpc-v2"}
-    # grpc-v2 is declared exactly when `maasctl serve` has a gRPC port to back it.
-    assert ("grpc-v2" in spec["protocolVersions"]) == ("--grpc-port" in serve_flags())
+    # grpc-v2 is declared exactly when the runtime's `maasctl serve` opens a gRPC port to back it, named h2c as
+    # KServe expects of a gRPC container port.
+    ctx = serve_context([*dockerfile("Dockerfile")["ENTRYPOINT"], *container["args"]])
+    assert ("grpc-v2" in spec["protocolVersions"]) == (ctx.params["grpc_port"] is not None)
+    if ctx.params["grpc_port"] is not None:
+        assert {"name": "h2c", "containerPort": ctx.params["grpc_port"], "protocol": "TCP"} in container["ports"]
     isvcs = docs("kserve/inferenceservice.yaml", "kserve/inferenceservice-canary.yaml")
     for isvc in isvcs:
         model = isvc["spec"]["predictor"]["model"]
