@@ -413,6 +413,52 @@ def evaluate(
         _emit_json(result)
 
 
+@app.command()
+def benchmark(
+    models: list[str] = typer.Argument(
+        ...,
+        help="repository names, name:version, model folders, or run folders (artifacts/runs/NAME: exported to a temporary place)",
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu | auto | cuda: where onnxruntime runs"),
+    split: str = typer.Option("test", "--split", help="the recipe's split to score and time on"),
+    repeats: int = typer.Option(30, "--repeats", help="timed runs per batch size (the median is reported)"),
+    repo: Path = REPO,
+    json_: bool = JSON,
+) -> None:
+    """Model variants side by side: parameters, file size, score, and onnxruntime latency at batch 1 and 32."""
+    from maasctl.benchmark import benchmark_models
+
+    rows = benchmark_models(models, repo, device=device, split=split, repeats=repeats, log=_log)
+    if json_:
+        _emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "version", "parameters", "size", f"{split} score", "batch 1 ms", "batch 32 ms", "provider")
+    for r in rows:
+        table.add_row(
+            r["model"],
+            "run" if r["kind"] == "run" else str(r["version"]),
+            "-" if r["parameters"] is None else f"{r['parameters']:,}",
+            f"{r['bytes'] / 1e6:.2f} MB",
+            _headline(r["metrics"]),
+            f"{r['latency_ms_b1']:.3f}",
+            f"{r['latency_ms_b32']:.3f}",
+            r["provider"],
+        )
+    Console().print(table)
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """The one figure a table row shows: accuracy for classes, RMSE for values."""
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.2%}"
+    if "rmse" in metrics:
+        return f"RMSE {metrics['rmse']:.4g}"
+    return "-"
+
+
 @models_app.callback(invoke_without_command=True)
 def models(ctx: typer.Context) -> None:
     """The model architectures a recipe's model.name may use (the registry)."""
