@@ -424,42 +424,30 @@ def _read_text(source: Source) -> str:
 
 
 def _read_csv_rows(source: Source, model_input: ModelInput) -> list[Sample | Problem]:
-    from maasctl.preprocess import normalize_features
+    """Each data row, encoded with `preprocess.encode_rows` (the function training used): blanks imputed,
+    unseen categories <unk>; a missing column fails the file, a text in a numeric column its row."""
+    from maasctl.preprocess import encode_rows, missing_columns
 
     name, spec = source.name, model_input.preprocessing or {}
     if spec.get("kind") != "tabular":
         raise UsageError(f"{name}: CSV rows are inputs for tabular models, but {model_takes(model_input)}")
     header, rows = read_csv_records(source)
-    columns = list(spec["columns"])
-    missing = [c for c in columns if c not in header]
+    missing = missing_columns(header, spec)
     if missing:
         raise UsageError(
-            f"{name}: no column {', '.join(missing)} (the model takes {', '.join(columns)}; the file has {', '.join(header) or 'no header'})"
+            f"{name}: no column {', '.join(missing)} (the model takes {', '.join(spec['columns'])}; the file has "
+            f"{', '.join(header) or 'no header'}; other columns are ignored)"
         )
     if not rows:
         raise UsageError(f"{name}: a header but no rows")
-    out: list[Sample | Problem] = []
-    good, values = [], []
-    for i, row in enumerate(rows):
-        try:
-            values.append([_number(name, i, c, row.get(c)) for c in columns])
-            good.append(i)
-        except UsageError as exc:
-            out.append(Problem(f"{name}[{i}]", str(exc)))
-    if good:
-        x = normalize_features(np.asarray(values, dtype=np.float64), spec).astype(model_input.dtype, copy=False)
-        out += [Sample(f"{name}[{i}]", name, i, row) for i, row in zip(good, x)]
-    return out
-
-
-def _number(name: str, i: int, column: str, cell: str | None) -> float:
-    try:
-        value = float(cell) if cell is not None else None
-    except ValueError:
-        value = None
-    if value is None or not np.isfinite(value):
-        raise UsageError(f"{name}[{i}] (line {i + 2}): column {column}: {cell!r} is not a number")
-    return value
+    x, problems = encode_rows(rows, spec)
+    x = x.astype(model_input.dtype, copy=False)
+    return [
+        Problem(f"{name}[{i}]", f"{name}[{i}] (line {i + 2}): {problems[i]}")
+        if i in problems
+        else Sample(f"{name}[{i}]", name, i, x[i])
+        for i in range(len(rows))
+    ]
 
 
 def _read_texts(source: Source, model_input: ModelInput) -> list[Sample | Problem]:

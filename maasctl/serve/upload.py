@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from maasctl.errors import MaasctlError, UsageError
-from maasctl.predict.engine import label_batch, model_labels
+from maasctl.predict.engine import is_regression, label_batch, model_labels, value_batch
 from maasctl.predict.inputs import ModelInput, Problem, Sample, Source, kind_of, load_source, recipe_data, stack_samples
 from maasctl.protocol.errors import InvalidInput
 from maasctl.runtime import LoadedModel
@@ -261,7 +261,10 @@ async def predict(dataplane: DataPlane, model: LoadedModel, sources: list[Source
             raise InvalidInput(
                 f"model {model.name!r} does not give class scores (its output has shape {list(logits.shape)} for {len(batch)} inputs); use /infer"
             )
-        predictions += [p.to_json() for p in label_batch(batch, logits, labels, top_k)]
+        if is_regression(model.manifest):  # values in the target's units, as `maasctl predict` prints them
+            predictions += [p.to_json() for p in value_batch(batch, logits)]
+        else:
+            predictions += [p.to_json() for p in label_batch(batch, logits, labels, top_k)]
     return {"model_name": model.name, "model_version": version, "predictions": predictions}
 
 

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from maasctl.data import Dataset, build_dataset
 from maasctl.errors import UsageError
 from maasctl.fileio import atomic_write_json, atomic_write_text
-from maasctl.metrics import classification_metrics
 from maasctl.models import create_model
 from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train import distributed as ddp
 from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
+from maasctl.train.objective import Objective
 from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
-from maasctl.train.plots import plot_confusion, plot_curves
+from maasctl.train.plots import plot_confusion, plot_curves, plot_regression
 from maasctl.train.rundir import check_resumable  # noqa: F401  (re-exported: its home was here)
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
@@ -84,14 +84,17 @@ class Trainer:
         self.dist = ddp.env_from_torchrun()
         self.device = ddp.rank_device(self.dist, resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)
-        self.data = build_dataset(recipe.data, cfg.seed)
+        self.data = build_dataset(recipe.data, cfg.seed, recipe.task)
+        self.objective = Objective(cfg, self.data, self.device)  # loss, metrics, best metric for the task
         self.meta = {
             "model_name": recipe.model.name,
             "model_params": recipe.model.params,
             "input_shape": list(self.data.input_shape),
             "input_kind": self.data.input_kind,
             "vocab_size": self.data.vocab_size,
-            "num_classes": self.data.num_classes,
+            "num_classes": self.data.num_outputs,  # the head's width: 1 for regression
+            "task": self.data.task,
+            "target": self.data.target,
             "labels": self.data.labels,
             "preprocessing": self.data.preprocessing,
             "recipe_sha256": recipe_sha256(recipe),
@@ -187,6 +190,8 @@ class Trainer:
             start_epoch, best, history, stale = ckpt["epoch"], ckpt["best"], ckpt["history"], ckpt["stale_epochs"]
         if env.is_main:
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))  # on resume: the new epochs/device
+            for note in data.notes:  # the task inferred, rows and columns dropped
+                self.log(note)
             self.log(describe(self.placement, device))  # where the data lives, and why (train.data_placement)
         train = self._feed("train")
         writer = BackgroundWriter()
@@ -196,12 +201,12 @@ class Trainer:
             order = ddp.shard(torch.randperm(train.n, generator=shuffle), env)
             # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
+            correct = torch.zeros((), dtype=torch.float64, device=device)  # right answers, or |errors| (regression)
             for x, y in train.batches(self.batch_size, order):  # from the device, or copied over from host memory
                 x = accel.input(augment_batch(x, data.augment))
                 with accel.autocast():
                     logits = train_model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    loss = self.objective.loss(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()  # under DDP, gradients are averaged across ranks during backward
                 if cfg.grad_clip:
@@ -211,28 +216,34 @@ class Trainer:
                 scaler.update()
                 scheduler.step()
                 loss_sum.add_(loss.detach(), alpha=len(y))
-                correct.add_((logits.argmax(1) == y).sum())
+                correct.add_(self.objective.batch_sum(logits, y))
             # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
             totals = ddp.all_sum(
-                torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)])
+                torch.stack([loss_sum, correct, torch.tensor(len(order), dtype=torch.float64, device=device)])
             )
             train_loss, train_correct, seen = totals.tolist()
             row = None
             if env.is_main:  # one evaluation, on rank 0's weights, shared so every rank takes the same decisions
-                val = evaluate(model, data, "validation", device, accel=accel, feed=self._feed("validation"))
+                val = evaluate(
+                    model,
+                    data,
+                    "validation",
+                    device,
+                    accel=accel,
+                    feed=self._feed("validation"),
+                    objective=self.objective,
+                )
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": train_loss / seen,
-                    "train_accuracy": train_correct / seen,
-                    "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"],
-                    "val_macro_f1": val["macro_f1"],
+                    self.objective.train_column: train_correct / seen,
+                    **{f"val_{k}": val[k] for k in self.objective.val_columns},
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": time.perf_counter() - started,
                 }
             row = ddp.broadcast(row)
             history.append(row)
-            score = _score(row, cfg.best_metric)
+            score = self.objective.score(row)
             improved = score > best
             # Early stopping counts epochs without an improvement of at least min_delta in the chosen metric.
             stale = 0 if score[0] > best[0] + cfg.early_stopping.min_delta else stale + 1
@@ -277,14 +288,15 @@ class Trainer:
         writer.wait()  # the last checkpoint is on disk
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
         self.model.load_state_dict(best_state["model"])
-        test = evaluate(self.model, data, "test", device, accel=self.accel, feed=self._feed("test"))
-        best_row = max(history, key=lambda r: _score(r, cfg.best_metric))
+        test = evaluate(
+            self.model, data, "test", device, accel=self.accel, feed=self._feed("test"), objective=self.objective
+        )
+        best_row = max(history, key=self.objective.score)
+        pictures = {k: test.pop(k) for k in ("confusion_matrix", "actual", "predicted") if k in test}
         metrics = {
             "best_epoch": best_row["epoch"],
-            "val_loss": best_row["val_loss"],
-            "val_accuracy": best_row["val_accuracy"],
-            "val_macro_f1": best_row["val_macro_f1"],
-            **{f"test_{k}": v for k, v in test.items() if k != "confusion_matrix"},
+            **{k: best_row[k] for k in best_row if k.startswith("val_")},
+            **{f"test_{k}": v for k, v in test.items()},
         }
         summary = {
             "run": run_dir.name,
@@ -300,13 +312,21 @@ class Trainer:
             "stopped_early": len(history) < cfg.epochs,
             "train_seconds": sum(r["seconds"] for r in history),
             "samples": {split: len(getattr(data, split).y) for split in ("train", "validation", "test")},
+            "task": data.task,
+            "best_metric": self.objective.best_metric,
             "metrics": metrics,
             "labels": data.labels,
-            "test_confusion_matrix": test["confusion_matrix"],
         }
+        if data.task == "regression":
+            summary["target"] = data.target
+        else:
+            summary["test_confusion_matrix"] = pictures["confusion_matrix"]
         atomic_write_json(run_dir / "summary.json", summary)
         plot_curves(history, run_dir / "curves.png")
-        plot_confusion(test["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
+        if data.task == "regression":
+            plot_regression(pictures["actual"], pictures["predicted"], run_dir, data.target["column"])
+        else:
+            plot_confusion(pictures["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
         return metrics
 
 
@@ -319,23 +339,25 @@ def evaluate(
     batch_size: int = 512,
     accel: Accel | None = None,
     feed: SplitFeed | None = None,
+    objective: Objective | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix on one split (`feed`: its batches, wherever
-    it lives; by default the split is copied to the device)."""
+    """The loss and the task's metrics on one split (`objective.scores`: accuracy, macro precision/recall/F1, the
+    confusion matrix, ROC AUC for two classes; or MAE, RMSE, R² and the values behind them). `feed`: the split's
+    batches, wherever it lives; by default the split is copied to the device."""
     model.eval()
+    objective = objective or Objective(Recipe().train, data, device)
     feed = feed if feed is not None else SplitFeed(getattr(data, split), device, "device")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    predictions = []
+    outputs = []
     for x, y in feed.batches(batch_size):
         xb = accel.input(x) if accel else x
         with accel.autocast() if accel else contextlib.nullcontext():
-            logits = model(xb).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        predictions.append(logits.argmax(1))
-    y_pred = torch.cat(predictions).cpu().numpy()
+            out = model(xb).float()
+        loss_sum += objective.loss(out, y, reduction="sum")
+        outputs.append(out)
     return {
         "loss": loss_sum.item() / feed.n,
-        **classification_metrics(getattr(data, split).y, y_pred, data.num_classes),
+        **objective.scores(getattr(data, split).y, torch.cat(outputs).cpu().numpy()),
     }
 
 
@@ -358,13 +380,6 @@ def augment_batch(x: torch.Tensor, cfg: Any) -> torch.Tensor:
         chans = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[batch, chans, rows, cols]
     return x
-
-
-def _score(row: dict[str, Any], metric: str) -> list[float]:
-    """Larger is better; accuracy and F1 ties go to the lower validation loss."""
-    if metric == "val_loss":
-        return [-row["val_loss"], 0.0]
-    return [row[metric], -row["val_loss"]]
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -434,7 +449,8 @@ def _checkpoint_job(paths: list[Path], state: dict[str, Any], metrics_csv: Path)
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    # The columns of the task: METRICS_COLUMNS for classes (+ val_roc_auc for two), MAE/RMSE/R² for regression
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]) if history else METRICS_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
