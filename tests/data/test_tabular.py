@@ -168,3 +168,32 @@ def test_parquet_reads_like_csv(penguins, tmp_path):
     from_csv = table(penguins)
     np.testing.assert_array_equal(from_parquet.train.x, from_csv.train.x)
     assert from_parquet.preprocessing == from_csv.preprocessing
+
+
+def test_bad_table_is_one_paragraph_exit_2_and_no_run_folder(tmp_path):
+    from helpers import run_cli
+
+    path = tmp_path / "one.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},{i % 3},yes\n" for i in range(30)))
+    proc = run_cli("train", "--set", "data.source=csv", "--set", f"data.path={path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'label' in" in proc.stderr and "every label is 'yes'" in proc.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+
+def test_recipe_show_states_the_task_and_why(penguins):
+    from helpers import run_cli
+
+    shown = run_cli(
+        "recipe",
+        "show",
+        "--set",
+        "data.source=csv",
+        "--set",
+        f"data.path={penguins}",
+        "--set",
+        "data.label_column=body_mass_g",
+    )
+    assert shown.stdout.splitlines()[0].startswith("# task: regression, inferred because the labels are")
+    shown = run_cli("recipe", "show", "--set", "task=classification")
+    assert shown.stdout.splitlines()[0] == "# task: classification (set in the recipe)"
