@@ -56,7 +56,9 @@ def main() -> None:
             f"| `{recipe.name}` | {score} | {summary['epochs']} | {summary['train_seconds']:.1f} s | {wall:.1f} s wall |"
         )
         print(rows[-1], flush=True)
-    print("\n| recipe | test accuracy (regression: RMSE, R²) | epochs | training time | whole command |\n|---|---|---|---|---|")
+    print(
+        "\n| recipe | test accuracy (regression: RMSE, R²) | epochs | training time | whole command |\n|---|---|---|---|---|"
+    )
     print("\n".join(rows))
 
 

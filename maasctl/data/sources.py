@@ -297,14 +297,8 @@ def load_npz(cfg: schema.NpzData, seed: int, task: str = "auto") -> Dataset:
         kind = {4: "image", 3: "sequence", 2: "features"}.get(x.ndim)
         if kind is None:
             raise UsageError(f"data.kind: cannot tell what x of shape {list(x.shape)} is; set data.kind")
-    all_y = np.concatenate([y_raw, given_test[1]]) if given_test else y_raw
     n_main = len(y_raw)
-    if names is not None and task != "regression":  # label names given: y holds class indices
-        targets = Targets(all_y.astype(np.int64), names, "classification", np.arange(len(all_y)), [])
-    else:
-        targets = encode_targets(
-            all_y.tolist(), task, f"data.path {path}: y", lambda i: f"y[{i}]" if i < n_main else f"y_test[{i - n_main}]"
-        )
+    targets = _npz_targets(np.concatenate([y_raw, given_test[1]]) if given_test else y_raw, n_main, names, task, path)
     keep, main = targets.keep, targets.keep < n_main
 
     def prepare(a: np.ndarray) -> np.ndarray:
@@ -319,15 +313,8 @@ def load_npz(cfg: schema.NpzData, seed: int, task: str = "auto") -> Dataset:
     spec = {"kind": "array", "dtype": "int64" if kind == "tokens" else "float32"}
     if not given_test:
         parts = _three_way(y, cfg, seed, targets.task)
-        return _finish(
-            x_main,
-            Targets(y, targets.labels, targets.task, keep, targets.notes),
-            parts,
-            spec,
-            kind,
-            "y",
-            [*targets.notes],
-        )
+        same = Targets(y, targets.labels, targets.task, keep, targets.notes)
+        return _finish(x_main, same, parts, spec, kind, "y", targets.notes)
     parts = split_indices(y, targets.task, (cfg.split.train, cfg.split.validation), seed)
     check_splits(parts, SPLITS[:2], "data.split")
     y_test, target = targets.y[~main], None
@@ -344,6 +331,14 @@ def load_npz(cfg: schema.NpzData, seed: int, task: str = "auto") -> Dataset:
         target=target,
         notes=targets.notes,
     )
+
+
+def _npz_targets(all_y: np.ndarray, n_main: int, names: list[str] | None, task: str, path: Path) -> Targets:
+    """y (then y_test) as targets: class indices when `labels` names them, else by `encode_targets`."""
+    if names is not None and task != "regression":
+        return Targets(all_y.astype(np.int64), names, "classification", np.arange(len(all_y)), [])
+    row = lambda i: f"y[{i}]" if i < n_main else f"y_test[{i - n_main}]"  # noqa: E731
+    return encode_targets(all_y.tolist(), task, f"data.path {path}: y", row)
 
 
 # --- text ------------------------------------------------------------------------------------------------------
