@@ -121,7 +121,15 @@ def train(
     if not trainer.is_main:
         return
     m = result.metrics
-    _log(f"test accuracy {m['test_accuracy']:.2%} (best epoch {m['best_epoch']}, val accuracy {m['val_accuracy']:.2%})")
+    if "test_rmse" in m:  # regression
+        _log(
+            f"test RMSE {m['test_rmse']:.4g}, MAE {m['test_mae']:.4g}, R² {m['test_r2']:.4f} "
+            f"(best epoch {m['best_epoch']}, val RMSE {m['val_rmse']:.4g})"
+        )
+    else:
+        _log(
+            f"test accuracy {m['test_accuracy']:.2%} (best epoch {m['best_epoch']}, val accuracy {m['val_accuracy']:.2%})"
+        )
     if json_:
         _emit_json({"run_dir": str(result.run_dir), "metrics": m})
 
@@ -405,10 +413,15 @@ def evaluate(
 
     result = evaluate_model(model, repo, split)
     m = result["metrics"]
-    _log(
-        f"{result['name']} version {result['version']} on {result['samples']} {split} samples: accuracy {m['accuracy']:.2%}, "
-        f"macro F1 {m['macro_f1']:.4f}, macro precision {m['macro_precision']:.4f}, macro recall {m['macro_recall']:.4f}"
-    )
+    where = f"{result['name']} version {result['version']} on {result['samples']} {split} samples"
+    if result["task"] == "regression":
+        _log(f"{where}: RMSE {m['rmse']:.6g}, MAE {m['mae']:.6g}, R² {m['r2']:.6f}")
+    else:
+        auc = f", ROC AUC {m['roc_auc']:.4f}" if m.get("roc_auc") is not None else ""
+        _log(
+            f"{where}: accuracy {m['accuracy']:.2%}, macro F1 {m['macro_f1']:.4f}, macro precision "
+            f"{m['macro_precision']:.4f}, macro recall {m['macro_recall']:.4f}{auc}"
+        )
     if json_:
         _emit_json(result)
 
@@ -548,9 +561,12 @@ def recipe_show(
     set_: list[str] = SET,
 ) -> None:
     """Print the recipe resolved with every default, as YAML."""
+    from maasctl.data.sources import describe_task
     from maasctl.recipe import dump_recipe, load_recipe
 
-    sys.stdout.write(dump_recipe(load_recipe(recipe, set_)))
+    resolved = load_recipe(recipe, set_)
+    # The task `auto` resolves to, from the labels (it depends on the data, so it is a comment, not a key)
+    sys.stdout.write(f"# task: {describe_task(resolved)}\n" + dump_recipe(resolved))
 
 
 @recipe_app.command("schema")

@@ -10,7 +10,8 @@ import numpy as np
 
 from maasctl.errors import UsageError
 from maasctl.inputs.outputs import scores_output
-from maasctl.metrics import classification_metrics
+from maasctl.metrics import classification_scores, regression_metrics
+from maasctl.preprocess import destandardize
 from maasctl.repository import ModelRepository, resolve_model
 from maasctl.runtime import load_model
 
@@ -25,14 +26,20 @@ def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size:
     data = _dataset(model.manifest, version.path)
     part = getattr(data, split)
     name_in, name_out = model.inputs[0].name, scores_output(model.manifest)
-    predictions = [
-        model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out].argmax(1)
-        for i in range(0, len(part.y), batch_size)
-    ]
-    metrics = classification_metrics(part.y, np.concatenate(predictions), data.num_classes)
+    outputs = np.concatenate(
+        [
+            model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out]
+            for i in range(0, len(part.y), batch_size)
+        ]
+    )
+    if model.manifest.get("task") == "regression":  # the graph's values are in the target's units already
+        metrics = regression_metrics(destandardize(part.y, model.manifest["target"]), outputs[:, 0])
+    else:
+        metrics = classification_scores(part.y, outputs, data.num_classes)
     return {
         "name": version.name,
         "version": version.version,
+        "task": model.manifest.get("task", "classification"),
         "split": split,
         "samples": len(part.y),
         "metrics": metrics,
@@ -58,4 +65,4 @@ def _dataset(manifest: dict[str, Any], where: Path | None) -> Any:
             "re-export the run"
         )
     recipe = Recipe.model_validate(recipe_doc)
-    return build_dataset(recipe.data, recipe.train.seed)
+    return build_dataset(recipe.data, recipe.train.seed, recipe.task)

@@ -63,10 +63,187 @@ def load_image(source: str | Path | Any, spec: dict[str, Any]) -> np.ndarray:
 
 
 # --- tabular -------------------------------------------------------------------------------------------------
+# Raw rows (dicts of column -> cell text, as csv.DictReader, JSON rows or Parquet give them) -> float32 features.
+# Training fits the statistics and vocabularies on its training split (`fit_tabular`) and encodes every split
+# with `encode_rows`; predict and /predict call the same `encode_rows` with the manifest's copy of the spec.
+#
+# Categorical columns are one-hot: the model's input stays one plain float matrix that any Open Inference
+# Protocol client can send (learned embeddings would need an integer input per categorical column).
+
+MISSING_CELLS = frozenset({"", "na", "n/a", "nan", "null", "none"})  # compared stripped and lower-cased
+UNK_LEVEL, MISSING_LEVEL = "<unk>", "<missing>"
+ID_MIN_ROWS = 20  # fewer rows than this: a column of distinct values is not called an identifier
+
+
+def is_missing(cell: Any) -> bool:
+    """A blank cell: None, NaN, or text such as '', 'NA', 'NaN', 'null' (any case)."""
+    if cell is None:
+        return True
+    if isinstance(cell, float):
+        return cell != cell  # NaN
+    return str(cell).strip().lower() in MISSING_CELLS
+
+
+def as_number(cell: Any) -> float | None:
+    """The cell's finite float value, or None when it is not a number."""
+    if isinstance(cell, bool):
+        return None
+    try:
+        value = float(str(cell).strip())
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def column_types(
+    records: Sequence[dict[str, Any]], columns: Sequence[str], categorical: Sequence[str] = ()
+) -> dict[str, str]:
+    """Each column: 'categorical' when declared so or when any non-blank cell is not a number, else 'numeric'."""
+    types = {}
+    for col in columns:
+        numeric = col not in categorical and all(
+            as_number(r.get(col)) is not None for r in records if not is_missing(r.get(col))
+        )
+        types[col] = "numeric" if numeric else "categorical"
+    return types
+
+
+def useless_columns(records: Sequence[dict[str, Any]], types: dict[str, str]) -> dict[str, str]:
+    """Columns that cannot help a model, with the reason: all blank, constant, or an identifier (a distinct
+    text in every row, or distinct whole numbers forming one consecutive run, i.e. a row number)."""
+    out = {}
+    n = len(records)
+    for col, kind in types.items():
+        cells = [r.get(col) for r in records]
+        present = [str(c).strip() for c in cells if not is_missing(c)]
+        distinct = set(present)
+        if not present:
+            out[col] = "every cell is blank"
+        elif len(distinct) == 1 and len(present) == n:
+            out[col] = f"constant ({present[0]!r} in every row)"
+        elif n >= ID_MIN_ROWS and len(distinct) == len(present) == n:
+            if kind == "categorical":
+                out[col] = "an identifier (a different value in every row)"
+            else:
+                values = np.sort(np.array([float(v) for v in present]))
+                if (values == np.round(values)).all() and values[-1] - values[0] == n - 1:
+                    out[col] = "an identifier (consecutive whole numbers, one per row)"
+    return out
+
+
+def fit_tabular(
+    records: Sequence[dict[str, Any]], types: dict[str, str], *, min_count: int = 1, max_levels: int = 50
+) -> dict[str, Any]:
+    """The manifest's `preprocessing` entry for tabular models, fitted on the training split's rows.
+
+    numeric: blanks become the training median; a missing-indicator input follows when the training split has
+    blanks in that column; then (x - mean) / std with the training mean and std of the non-blank values.
+    categorical: one-hot over [<unk>, <missing>, values seen at least `min_count` times, most frequent first, at
+    most `max_levels`]; rarer or unseen values are <unk>, blanks <missing>.
+    """
+    features: list[dict[str, Any]] = []
+    for col, kind in types.items():
+        cells = [r.get(col) for r in records]
+        present = [c for c in cells if not is_missing(c)]
+        if kind == "numeric":
+            values = np.array([as_number(c) for c in present], dtype=np.float64)
+            if values.size == 0:
+                values = np.zeros(1)
+            std = float(values.std())
+            features.append(
+                {
+                    "name": col,
+                    "type": "numeric",
+                    "median": float(np.median(values)),
+                    "mean": float(values.mean()),
+                    "std": std if std > 0 else 1.0,
+                    "missing_indicator": len(present) < len(cells),
+                }
+            )
+        else:
+            counts: dict[str, int] = {}
+            for c in present:
+                counts[str(c).strip()] = counts.get(str(c).strip(), 0) + 1
+            kept = sorted((v for v, k in counts.items() if k >= min_count), key=lambda v: (-counts[v], v))
+            features.append(
+                {"name": col, "type": "categorical", "levels": [UNK_LEVEL, MISSING_LEVEL, *kept[:max_levels]]}
+            )
+    return {"kind": "tabular", "columns": list(types), "features": features, "inputs": tabular_inputs(features)}
+
+
+def tabular_inputs(features: Sequence[dict[str, Any]]) -> list[str]:
+    """What each position of the encoded row means: `age`, `age:missing`, `island=Dream`, `island=<unk>`."""
+    names = []
+    for f in features:
+        if f["type"] == "numeric":
+            names += [f["name"]] + ([f"{f['name']}:missing"] if f.get("missing_indicator") else [])
+        else:
+            names += [f"{f['name']}={level}" for level in f["levels"]]
+    return names
+
+
+def _tabular_features(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    if "features" in spec:
+        return spec["features"]
+    # Manifests from before categorical columns: numeric columns, standardised, no imputation.
+    return [
+        {"name": c, "type": "numeric", "mean": m, "std": s, "median": None, "missing_indicator": False}
+        for c, m, s in zip(spec["columns"], spec["mean"], spec["std"])
+    ]
+
+
+def encode_rows(rows: Sequence[dict[str, Any]], spec: dict[str, Any]) -> tuple[np.ndarray, dict[int, str]]:
+    """Raw rows -> (float32 (N, width), {row index: problem}). A row with a problem (a numeric column holding
+    text) has NaN in that column and is to be dropped by the caller; a blank is never a problem (imputed, or
+    <missing>) except in manifests older than imputation; an unseen category is <unk>. Columns absent from a
+    row count as blank: callers check the header with `missing_columns` first."""
+    features = _tabular_features(spec)
+    width = sum(1 + bool(f.get("missing_indicator")) if f["type"] == "numeric" else len(f["levels"]) for f in features)
+    x = np.zeros((len(rows), width), dtype=np.float32)
+    problems: dict[int, str] = {}
+    col = 0
+    for f in features:
+        name = f["name"]
+        if f["type"] == "numeric":
+            values = np.empty(len(rows), dtype=np.float64)
+            blank = np.zeros(len(rows), dtype=bool)
+            for i, row in enumerate(rows):
+                cell = row.get(name)
+                number = None if is_missing(cell) else as_number(cell)
+                blank[i] = is_missing(cell)
+                if number is None and not (blank[i] and f.get("median") is not None):
+                    problems.setdefault(i, f"column {name}: {cell!r} is not a number")
+                    number = np.nan
+                values[i] = f["median"] if number is None else number
+            x[:, col] = (values - f["mean"]) / f["std"]  # float64 arithmetic, then float32: as normalize_features
+            col += 1
+            if f.get("missing_indicator"):
+                x[:, col] = blank
+                col += 1
+        else:
+            index = {level: i for i, level in enumerate(f["levels"])}
+            for i, row in enumerate(rows):
+                cell = row.get(name)
+                level = 1 if is_missing(cell) else index.get(str(cell).strip(), 0)
+                x[i, col + level] = 1.0
+            col += len(f["levels"])
+    return x, problems
+
+
+def missing_columns(header: Sequence[str], spec: dict[str, Any]) -> list[str]:
+    """The spec's raw columns that `header` lacks."""
+    have = set(header)
+    return [c for c in spec["columns"] if c not in have]
+
+
+def destandardize(values: Any, target: dict[str, Any]) -> np.ndarray:
+    """Regression outputs or targets in standard units -> the target's original units (float64)."""
+    return np.asarray(values, dtype=np.float64) * target["std"] + target["mean"]
 
 
 def tabular_spec(columns: Sequence[str], mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
-    """Standardization with training-split statistics; constant columns get std 1 so they pass through as 0."""
+    """Numeric-only standardisation (the manifest format before categorical columns); constant columns get std 1
+    so they pass through as 0."""
     std = np.where(std > 0, std, 1.0)
     return {
         "kind": "tabular",
@@ -77,7 +254,7 @@ def tabular_spec(columns: Sequence[str], mean: np.ndarray, std: np.ndarray) -> d
 
 
 def normalize_features(rows: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """float rows (N,F), columns in spec order -> standardized float32 (N,F)."""
+    """float rows (N,F), columns in spec order -> standardized float32 (N,F) (numeric-only specs)."""
     mean = np.asarray(spec["mean"], dtype=np.float64)
     std = np.asarray(spec["std"], dtype=np.float64)
     return ((np.asarray(rows, dtype=np.float64) - mean) / std).astype(np.float32)

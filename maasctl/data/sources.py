@@ -12,17 +12,28 @@ from typing import Any
 
 import numpy as np
 
-from maasctl.data.datasets import Dataset, Split, check_splits, encode_labels, stratified_split
+from maasctl.data.datasets import (
+    Dataset,
+    Split,
+    Targets,
+    check_splits,
+    encode_targets,
+    split_indices,
+    standardize,
+    stratified_split,
+)
 from maasctl.errors import UsageError, did_you_mean
 from maasctl.preprocess import (
     TextEncoder,
+    column_types,
+    encode_rows,
+    fit_tabular,
     image_spec,
     load_image,
-    normalize_features,
     normalize_images,
-    tabular_spec,
     text_spec,
     tokenize,
+    useless_columns,
 )
 from maasctl.recipe import schema
 
@@ -30,8 +41,12 @@ SPLITS = ("train", "validation", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def build_dataset(cfg: Any, seed: int) -> Dataset:
-    loaders: dict[type, Callable[[Any, int], Dataset]] = {
+REGRESSION_SOURCES = ("csv", "npz", "text")  # sources whose labels may be numbers
+
+
+def build_dataset(cfg: Any, seed: int, task: str = "auto") -> Dataset:
+    """The recipe's data as splits. `task` (the recipe's): auto, classification or regression."""
+    loaders: dict[type, Callable[..., Dataset]] = {
         schema.DigitsData: load_digits,
         schema.TorchvisionData: load_torchvision,
         schema.ImageFolderData: load_image_folder,
@@ -39,7 +54,35 @@ def build_dataset(cfg: Any, seed: int) -> Dataset:
         schema.NpzData: load_npz,
         schema.TextData: load_text,
     }
+    if cfg.source in REGRESSION_SOURCES:
+        return loaders[type(cfg)](cfg, seed, task)
+    if task == "regression":
+        raise UsageError(
+            f"task: regression needs numeric labels, but data.source {cfg.source} has class labels; use a "
+            f"{', '.join(REGRESSION_SOURCES)} source with a numeric label"
+        )
     return loaders[type(cfg)](cfg, seed)
+
+
+def describe_task(recipe: Any) -> str:
+    """The task a recipe trains, and why (for `recipe show`): reads only the labels."""
+    if recipe.task != "auto":
+        return f"{recipe.task} (set in the recipe)"
+    cfg = recipe.data
+    if cfg.source not in REGRESSION_SOURCES:
+        return f"classification (data.source {cfg.source} has class labels)"
+    try:
+        if cfg.source == "npz":
+            with np.load(_require_file(cfg.path, "data.path"), allow_pickle=False) as npz:
+                values = list(npz["y"].tolist())
+        else:
+            path = _require_file(cfg.path, "data.path")
+            records = read_table(path)[1] if cfg.source == "csv" else _read_records(path, _text_format(cfg, path))
+            values = [r.get(cfg.label_column) for r in records]
+        targets = encode_targets(values, "auto", "data.label_column")
+    except (UsageError, OSError, KeyError, ValueError) as exc:
+        return f"auto (undecided: the labels could not be read: {exc})"
+    return targets.notes[-1].removeprefix("task: ").split(";")[0]
 
 
 # --- images --------------------------------------------------------------------------------------------------
@@ -152,47 +195,88 @@ def _column_error(key: str, wanted: str, columns: list[str], path: Path) -> Usag
     )
 
 
-def _three_way(labels: np.ndarray, cfg: Any, seed: int) -> list[np.ndarray]:
-    parts = stratified_split(labels, (cfg.split.train, cfg.split.validation, cfg.split.test), seed)
+def _three_way(labels: np.ndarray, cfg: Any, seed: int, task: str = "classification") -> list[np.ndarray]:
+    parts = split_indices(labels, task, (cfg.split.train, cfg.split.validation, cfg.split.test), seed)
     check_splits(parts, SPLITS, "data.split")
     return parts
 
 
-def load_csv(cfg: schema.CsvData, seed: int) -> Dataset:
-    path = _require_file(cfg.path, "data.path")
-    with open(path, newline="", encoding="utf-8") as f:
+def read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """A CSV or Parquet file's column names and rows (dicts of column -> cell; Parquet nulls are None)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq
+        except ModuleNotFoundError:
+            raise UsageError(
+                f"data.path: {path} is Parquet, which needs pyarrow: pip install pyarrow (or save the table as CSV)"
+            ) from None
+        table = pq.read_table(path)
+        return list(table.column_names), table.to_pylist()
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def load_csv(cfg: schema.CsvData, seed: int, task: str = "auto") -> Dataset:
+    path = _require_file(cfg.path, "data.path")
+    columns, records = read_table(path)
     if cfg.label_column not in columns:
         raise _column_error("data.label_column", cfg.label_column, columns, path)
-    features = cfg.feature_columns or [c for c in columns if c != cfg.label_column]
-    for c in features:
-        if c not in columns:
-            raise _column_error("data.feature_columns", c, columns, path)
-    if not rows:
+    for key in ("feature_columns", "categorical_columns", "drop_columns", "keep_columns"):
+        for c in getattr(cfg, key) or []:
+            if c not in columns:
+                raise _column_error(f"data.{key}", c, columns, path)
+    if not records:
         raise UsageError(f"data.path: {path} has a header but no rows")
-    x = np.empty((len(rows), len(features)), dtype=np.float64)
-    bad: dict[str, str] = {}
-    for r, row in enumerate(rows):
-        for c, name in enumerate(features):
-            try:
-                x[r, c] = float(row[name])
-            except (TypeError, ValueError):
-                bad.setdefault(name, f"row {r + 2}: {row[name]!r}")
-    if bad:
-        detail = "; ".join(f"{k} ({v})" for k, v in bad.items())
-        raise UsageError(
-            f"data.feature_columns: non-numeric values in {path}: {detail}. Drop these columns with data.feature_columns, or encode them as numbers."
+    features = [c for c in (cfg.feature_columns or columns) if c != cfg.label_column and c not in cfg.drop_columns]
+    label_of = [r.get(cfg.label_column) for r in records]
+    targets = encode_targets(
+        label_of, task, f"data.label_column {cfg.label_column!r} in {path}", lambda i: f"row {i + 2}"
+    )
+    records = [records[i] for i in targets.keep]
+    notes = list(targets.notes)
+    types = column_types(records, features, cfg.categorical_columns)
+    dropped = {c: why for c, why in useless_columns(records, types).items() if c not in cfg.keep_columns}
+    if dropped:
+        notes.append(
+            "warning: dropped columns that cannot help: "
+            + "; ".join(f"{c}: {why}" for c, why in dropped.items())
+            + " (list them in data.keep_columns to keep them)"
         )
-    y, labels = encode_labels([row[cfg.label_column] for row in rows])
-    parts = _three_way(y, cfg, seed)
-    spec = tabular_spec(features, x[parts[0]].mean(0), x[parts[0]].std(0))
-    splits = [Split(x=normalize_features(x[idx], spec), y=y[idx]) for idx in parts]
-    return Dataset(*splits, labels=labels, preprocessing=spec, input_kind="features")
+    types = {c: t for c, t in types.items() if c not in dropped}
+    if not types:
+        raise UsageError(f"data: no feature columns left in {path} (every candidate was the label, dropped or useless)")
+    parts = _three_way(targets.y, cfg, seed, targets.task)
+    spec = fit_tabular(
+        [records[i] for i in parts[0]], types, min_count=cfg.min_category_count, max_levels=cfg.max_categories
+    )
+    x, problems = encode_rows(records, spec)  # the same function predict and /predict call on raw rows
+    if problems:  # column_types saw every row, so a numeric column holds only numbers and blanks
+        i, why = next(iter(problems.items()))
+        raise UsageError(f"data.path: {path} row {int(targets.keep[i]) + 2}: {why}")
+    return _finish(x, targets, parts, spec, "features", cfg.label_column, notes)
 
 
-def load_npz(cfg: schema.NpzData, seed: int) -> Dataset:
+def _finish(
+    x: np.ndarray, targets: Any, parts: list[np.ndarray], spec: dict[str, Any], kind: str, column: str, notes: list[str]
+) -> Dataset:
+    """Splits from model-ready inputs; regression targets standardised with the training split's statistics."""
+    y, target = targets.y, None
+    if targets.task == "regression":
+        y, target = standardize(y, parts[0], column)
+    splits = [Split(x[idx], y[idx]) for idx in parts]
+    return Dataset(
+        *splits,
+        labels=targets.labels,
+        preprocessing=spec,
+        input_kind=kind,
+        task=targets.task,
+        target=target,
+        notes=notes,
+    )
+
+
+def load_npz(cfg: schema.NpzData, seed: int, task: str = "auto") -> Dataset:
     path = _require_file(cfg.path, "data.path")
     try:
         with np.load(path, allow_pickle=False) as npz:  # arrays only: never unpickle objects from a data file
@@ -213,14 +297,9 @@ def load_npz(cfg: schema.NpzData, seed: int) -> Dataset:
         kind = {4: "image", 3: "sequence", 2: "features"}.get(x.ndim)
         if kind is None:
             raise UsageError(f"data.kind: cannot tell what x of shape {list(x.shape)} is; set data.kind")
-    all_y = np.concatenate([y_raw, given_test[1]]) if given_test else y_raw
-    if names is None:
-        _, names = encode_labels(all_y)
-        index = {n: i for i, n in enumerate(names)}
-        y_all = np.array([index[str(v)] for v in all_y], dtype=np.int64)
-    else:
-        y_all = all_y.astype(np.int64)
-    y, y_test = y_all[: len(y_raw)], y_all[len(y_raw) :]
+    n_main = len(y_raw)
+    targets = _npz_targets(np.concatenate([y_raw, given_test[1]]) if given_test else y_raw, n_main, names, task, path)
+    keep, main = targets.keep, targets.keep < n_main
 
     def prepare(a: np.ndarray) -> np.ndarray:
         if kind == "tokens":
@@ -230,22 +309,48 @@ def load_npz(cfg: schema.NpzData, seed: int) -> Dataset:
         a = a.astype(np.float32)
         return a[..., None] if kind == "sequence" and a.ndim == 2 else a
 
-    if given_test:
-        parts = stratified_split(y, (cfg.split.train, cfg.split.validation), seed)
-        check_splits(parts, SPLITS[:2], "data.split")
-        splits = [Split(prepare(x[i]), y[i]) for i in parts] + [Split(prepare(given_test[0]), y_test)]
-    else:
-        splits = [Split(prepare(x[i]), y[i]) for i in _three_way(y, cfg, seed)]
+    x_main, y = prepare(x[keep[main]]), targets.y[main]
     spec = {"kind": "array", "dtype": "int64" if kind == "tokens" else "float32"}
-    return Dataset(*splits, labels=names, preprocessing=spec, input_kind=kind)
+    if not given_test:
+        parts = _three_way(y, cfg, seed, targets.task)
+        same = Targets(y, targets.labels, targets.task, keep, targets.notes)
+        return _finish(x_main, same, parts, spec, kind, "y", targets.notes)
+    parts = split_indices(y, targets.task, (cfg.split.train, cfg.split.validation), seed)
+    check_splits(parts, SPLITS[:2], "data.split")
+    y_test, target = targets.y[~main], None
+    if targets.task == "regression":
+        both, target = standardize(np.concatenate([y, y_test]), parts[0], "y")
+        y, y_test = both[: len(y)], both[len(y) :]
+    splits = [Split(x_main[i], y[i]) for i in parts] + [Split(prepare(given_test[0][keep[~main] - n_main]), y_test)]
+    return Dataset(
+        *splits,
+        labels=targets.labels,
+        preprocessing=spec,
+        input_kind=kind,
+        task=targets.task,
+        target=target,
+        notes=targets.notes,
+    )
+
+
+def _npz_targets(all_y: np.ndarray, n_main: int, names: list[str] | None, task: str, path: Path) -> Targets:
+    """y (then y_test) as targets: class indices when `labels` names them, else by `encode_targets`."""
+    if names is not None and task != "regression":
+        return Targets(all_y.astype(np.int64), names, "classification", np.arange(len(all_y)), [])
+    row = lambda i: f"y[{i}]" if i < n_main else f"y_test[{i - n_main}]"  # noqa: E731
+    return encode_targets(all_y.tolist(), task, f"data.path {path}: y", row)
 
 
 # --- text ------------------------------------------------------------------------------------------------------
 
 
-def load_text(cfg: schema.TextData, seed: int) -> Dataset:
+def _text_format(cfg: Any, path: Path) -> str:
+    return cfg.format if cfg.format != "auto" else ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv")
+
+
+def load_text(cfg: schema.TextData, seed: int, task: str = "auto") -> Dataset:
     path = _require_file(cfg.path, "data.path")
-    fmt = cfg.format if cfg.format != "auto" else ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv")
+    fmt = _text_format(cfg, path)
     records = _read_records(path, fmt)
     if not records:
         raise UsageError(f"data.path: {path} holds no records")
@@ -253,9 +358,12 @@ def load_text(cfg: schema.TextData, seed: int) -> Dataset:
     for key, col in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
         if col not in columns:
             raise _column_error(key, col, columns, path)
-    texts = [str(r.get(cfg.text_column, "")) for r in records]
-    y, labels = encode_labels([r.get(cfg.label_column) for r in records])
-    parts = _three_way(y, cfg, seed)
+    line = (lambda i: f"row {i + 2}") if fmt == "csv" else (lambda i: f"record {i + 1}")
+    targets = encode_targets(
+        [r.get(cfg.label_column) for r in records], task, f"data.label_column {cfg.label_column!r} in {path}", line
+    )
+    texts = [str(records[i].get(cfg.text_column, "")) for i in targets.keep]
+    parts = _three_way(targets.y, cfg, seed, targets.task)
     # The vocabulary comes from the training split only, so validation/test words stay unseen.
     counts: dict[str, int] = {}
     for i in parts[0]:
@@ -263,9 +371,7 @@ def load_text(cfg: schema.TextData, seed: int) -> Dataset:
             counts[tok] = counts.get(tok, 0) + 1
     ranked = sorted((t for t, n in counts.items() if n >= cfg.min_freq), key=lambda t: (-counts[t], t))
     spec = text_spec(ranked[: cfg.vocab_size - 2], cfg.max_len, cfg.lowercase)
-    encode = TextEncoder(spec)
-    splits = [Split(encode([texts[i] for i in idx]), y[idx]) for idx in parts]
-    return Dataset(*splits, labels=labels, preprocessing=spec, input_kind="tokens")
+    return _finish(TextEncoder(spec)(texts), targets, parts, spec, "tokens", cfg.label_column, list(targets.notes))
 
 
 def _read_records(path: Path, fmt: str) -> list[dict[str, Any]]:

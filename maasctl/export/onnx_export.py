@@ -78,7 +78,15 @@ def export_run(
         )
     atol = atol if atol is not None else recipe.export.atol
     model, meta = _trained_model(run_dir, recipe)
-    data = build_dataset(recipe.data, recipe.train.seed)
+    output = "logits"
+    if meta.get("task") == "regression":
+        if compress is not None:
+            raise UsageError(
+                "--quantize/--fp16 are gated on accuracy, which a regression model has not; export it without them"
+            )
+        # The graph itself returns values in the target's units, so every client (OIP, Triton, predict) gets them.
+        model, output = InTargetUnits(model, meta["target"]).eval(), "value"
+    data = build_dataset(recipe.data, recipe.train.seed, recipe.task)
     samples = data.test.x[:PARITY_SAMPLES]
     sequence_axis = _takes_any_length(meta)
     staged = repo.staging_dir()
@@ -87,7 +95,7 @@ def export_run(
         onnx_path = staged / ONNX_FILE
         if compress is None:
             used, diff, agreement = _export_checked(
-                model, samples, onnx_path, opset, exporter, atol, sequence_axis, log
+                model, samples, onnx_path, opset, exporter, atol, sequence_axis, log, output
             )
         else:
             import tempfile
@@ -153,8 +161,29 @@ def _takes_any_length(meta: dict[str, Any]) -> bool:
     return meta.get("input_kind") in ("sequence", "tokens") and "tokens" in get_model_entry(meta["model_name"]).inputs
 
 
+class InTargetUnits(torch.nn.Module):
+    """A regression model whose output is de-standardised: value = output * std + mean (training statistics)."""
+
+    def __init__(self, model: torch.nn.Module, target: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("std", torch.tensor(target["std"], dtype=torch.float32))
+        self.register_buffer("mean", torch.tensor(target["mean"], dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.std + self.mean
+
+
 def _export_checked(
-    model, samples, onnx_path: Path, opset: int, exporter: str, atol: float, sequence_axis: bool, log
+    model,
+    samples,
+    onnx_path: Path,
+    opset: int,
+    exporter: str,
+    atol: float,
+    sequence_axis: bool,
+    log,
+    output: str = "logits",
 ) -> tuple[str, float, float]:
     """Export, check and compare, exporter by exporter: `auto` tries torch.export (dynamo) first and falls back to
     the TorchScript exporter when dynamo fails or its graph does not match PyTorch (it mis-traces some RNN
@@ -163,9 +192,9 @@ def _export_checked(
     errors = []
     for kind in attempts:
         try:
-            _export(model, samples[:2], onnx_path, opset, kind, sequence_axis)
+            _export(model, samples[:2], onnx_path, opset, kind, sequence_axis, output)
             _check_onnx(onnx_path)
-            diff, agreement, scale = _parity(model, onnx_path, samples, sequence_axis)
+            diff, agreement, scale = _parity(model, onnx_path, samples, sequence_axis, output)
             log(f"exported with the {kind} exporter, opset {opset}")
             log(
                 f"parity on {len(samples)} held-out samples: max |onnx - torch| = {diff:.3g}, top-1 agreement {agreement:.2%}"
@@ -185,10 +214,16 @@ def _export_checked(
 
 
 def _export(
-    model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, kind: str, sequence_axis: bool
+    model: torch.nn.Module,
+    example: np.ndarray,
+    path: Path,
+    opset: int,
+    kind: str,
+    sequence_axis: bool,
+    output: str = "logits",
 ) -> None:
     args = (torch.from_numpy(example),)
-    names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset, "external_data": False}
+    names = {"input_names": ["input"], "output_names": [output], "opset_version": opset, "external_data": False}
     # The exporters print progress on stdout; keep stdout for --json.
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -198,7 +233,7 @@ def _export(
                 dims[1] = torch.export.Dim("sequence", min=2, max=65536)
             torch.onnx.export(model, args, path, dynamo=True, verbose=False, dynamic_shapes=(dims,), **names)
         else:
-            axes = {"input": {0: "batch", 1: "sequence"} if sequence_axis else {0: "batch"}, "logits": {0: "batch"}}
+            axes = {"input": {0: "batch", 1: "sequence"} if sequence_axis else {0: "batch"}, output: {0: "batch"}}
             torch.onnx.export(model, args, path, dynamo=False, dynamic_axes=axes, **names)
 
 
@@ -212,7 +247,7 @@ def _check_onnx(path: Path) -> None:
 
 
 def _parity(
-    model: torch.nn.Module, onnx_path: Path, samples: np.ndarray, sequence_axis: bool
+    model: torch.nn.Module, onnx_path: Path, samples: np.ndarray, sequence_axis: bool, output: str = "logits"
 ) -> tuple[float, float, float]:
     """Largest |onnx - torch|, top-1 agreement and the logits' scale (max |logit|, at least 1: float32 error grows
     with magnitude, so the tolerance scales with it), at a full batch and at batch size 1 (a frozen batch axis
@@ -227,10 +262,8 @@ def _parity(
     with torch.no_grad():
         for x in inputs:
             expected = model(torch.from_numpy(x)).numpy()
-            batched = session.run(["logits"], {"input": x})[0]
-            single = np.concatenate(
-                [session.run(["logits"], {"input": x[i : i + 1]})[0] for i in range(min(8, len(x)))]
-            )
+            batched = session.run([output], {"input": x})[0]
+            single = np.concatenate([session.run([output], {"input": x[i : i + 1]})[0] for i in range(min(8, len(x)))])
             diff = max(
                 diff, float(np.abs(batched - expected).max()), float(np.abs(single - expected[: len(single)]).max())
             )
@@ -298,7 +331,9 @@ def _manifest(
         "format": MANIFEST_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "maasctl_version": __version__,
-        "task": "classification",
+        "task": meta.get("task", "classification"),
+        # regression: the training targets' statistics; the graph already applies them (value = z * std + mean)
+        **({"target": meta["target"]} if meta.get("task") == "regression" else {}),
         "input_kind": meta.get("input_kind", "image"),
         "inputs": [
             {
@@ -307,7 +342,13 @@ def _manifest(
                 "shape": input_shape,
             }
         ],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, meta["num_classes"]]}],
+        "outputs": [
+            {
+                "name": "value" if meta.get("task") == "regression" else "logits",
+                "datatype": "FP32",
+                "shape": [-1, meta["num_classes"]],
+            }
+        ],
         "labels": meta["labels"],
         "preprocessing": meta["preprocessing"],
         "source": {"run": str(run_dir.resolve()), "recipe_sha256": meta["recipe_sha256"], "model": meta["model_name"]},

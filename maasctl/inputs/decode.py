@@ -278,41 +278,29 @@ def _check_kind(name: str, what: str, kind: str, model_input: ModelInput) -> Non
 def _table_samples(
     name: str, header: list[str], records: list[dict[str, str]], model_input: ModelInput
 ) -> list[Sample | Problem]:
-    from maasctl.preprocess import normalize_features
+    """Each data row, encoded with `preprocess.encode_rows` (the function training used): blanks imputed, unseen
+    categories <unk>; a missing column fails the source, a text in a numeric column its row."""
+    from maasctl.preprocess import encode_rows, missing_columns
 
     _check_kind(name, "CSV rows", "tabular", model_input)
-    columns = list(model_input.preprocessing["columns"])  # type: ignore[index]
-    missing = [c for c in columns if c not in header]
+    spec = model_input.preprocessing
+    missing = missing_columns(header, spec)
     if missing:
         have = ", ".join(header) or "no header"
         raise UsageError(
-            f"{name}: no column {', '.join(missing)} (the model takes {', '.join(columns)}; the file has {have})"
+            f"{name}: no column {', '.join(missing)} (the model takes {', '.join(spec['columns'])}; the file has "
+            f"{have}; other columns are ignored)"
         )
     if not records:
         raise UsageError(f"{name}: a header but no rows")
-    out: list[Sample | Problem] = []
-    good, values = [], []
-    for i, row in enumerate(records):
-        try:
-            values.append([_number(name, i, c, row.get(c)) for c in columns])
-            good.append(i)
-        except UsageError as exc:
-            out.append(Problem(f"{name}[{i}]", str(exc)))
-    if good:
-        x = normalize_features(np.asarray(values, dtype=np.float64), model_input.preprocessing)
-        x = x.astype(model_input.dtype, copy=False)
-        out += [Sample(f"{name}[{i}]", name, i, row) for i, row in zip(good, x)]
-    return out
-
-
-def _number(name: str, i: int, column: str, cell: str | None) -> float:
-    try:
-        value = float(cell) if cell is not None else None
-    except ValueError:
-        value = None
-    if value is None or not np.isfinite(value):
-        raise UsageError(f"{name}[{i}] (line {i + 2}): column {column}: {cell!r} is not a number")
-    return value
+    x, problems = encode_rows(records, spec)
+    x = x.astype(model_input.dtype, copy=False)
+    return [
+        Problem(f"{name}[{i}]", f"{name}[{i}] (line {i + 2}): {problems[i]}")
+        if i in problems
+        else Sample(f"{name}[{i}]", name, i, x[i])
+        for i in range(len(records))
+    ]
 
 
 def _read_texts(source: Source, model_input: ModelInput) -> list[str]:

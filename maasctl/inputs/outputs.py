@@ -14,18 +14,35 @@ from maasctl.inputs.types import Sample
 class Prediction:
     input: str
     label: str
-    probability: float
-    index: int
+    probability: float | None
+    index: int | None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     source: str = ""  # the file the input came from
     item: int | None = None  # its index in a batch file
     expected: str | None = None
+    value: float | None = None  # regression: the predicted value, in the target's units (then label is its text)
+    within: bool | None = None  # regression, gated with --max-abs-error: |value - expected| is within it
 
     @property
     def correct(self) -> bool | None:
+        if self.value is not None:
+            return None if self.expected is None else self.within
         return None if self.expected is None else self.label == self.expected
 
+    @property
+    def error(self) -> float | None:
+        """regression: predicted - expected (None without a numeric expected value)."""
+        try:
+            return None if self.value is None or self.expected is None else self.value - float(self.expected)
+        except ValueError:
+            return None
+
     def to_json(self) -> dict[str, Any]:
+        if self.value is not None:
+            doc = {"input": self.input, "value": self.value}
+            if self.expected is not None:
+                doc.update(expected=self.expected, error=self.error, correct=self.correct)
+            return doc
         doc: dict[str, Any] = {
             "input": self.input,
             "label": self.label,
@@ -67,6 +84,21 @@ def label_batch(batch: list[Sample], logits: np.ndarray, labels: list[str], top_
         top = [(label(i), float(p[i])) for i in best]
         out.append(Prediction(sample.name, top[0][0], top[0][1], best[0], top, sample.source, sample.item))
     return out
+
+
+def is_regression(manifest: dict[str, Any]) -> bool:
+    return manifest.get("task") == "regression"
+
+
+def value_batch(batch: list[Sample], outputs: np.ndarray) -> list[Prediction]:
+    """Each sample's value from its row of a regression model's output. The model's graph already turns its
+    standardised output into the target's units with the manifest's `target` statistics (export puts
+    value = z * std + mean into it), so what a client of /infer gets and what predict prints are the same numbers."""
+    values = np.asarray(outputs, dtype=np.float64).reshape(len(batch), -1)[:, 0]
+    return [
+        Prediction(s.name, f"{v:.6g}", None, None, source=s.source, item=s.item, value=float(v))
+        for s, v in zip(batch, values.tolist())
+    ]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

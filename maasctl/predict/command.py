@@ -23,7 +23,8 @@ SUMMARY = """Predict labels for images, tensors, CSV rows and texts, locally wit
 a CI job on the expected labels."""
 EXIT_CODES = """exit codes:
   0  every input was predicted (and the gate, if any, passed)
-  1  the gate failed: a prediction differs from its expected label, or accuracy < --min-accuracy
+  1  the gate failed: a prediction differs from its expected label, or accuracy < --min-accuracy;
+     regression: an |error| > --max-abs-error, or the mean |error| > --max-mae
   2  usage or input error: a bad option, or an input that could not be read or predicted
      (one line per problem on stderr; the other inputs are still predicted and printed)
   3  model or server unavailable: unknown model, tampered model file, unreachable server,
@@ -52,6 +53,9 @@ gating (one of):
   --labels-from-column    a .csv/.jsonl input's own label column (the recipe's data.label_column)
   Accuracy is reported; the gate fails (exit 1) on any mismatch, or, with --min-accuracy, only when
   accuracy is below it.
+  Regression models print values in the target's units; the expected labels are numbers, and the gate
+  needs a tolerance: --max-abs-error E (every |value - expected| <= E) and/or --max-mae M (their mean
+  <= M). MAE, RMSE and the largest error are reported.
 
 {EXIT_CODES}
 
@@ -152,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument(
         "--min-accuracy", metavar="X", help="fail only when accuracy < X (0.95 or 95%%) instead of on any mismatch"
     )
+    gate.add_argument(
+        "--max-abs-error", metavar="E", help="regression: fail when any |value - expected| > E (target units)"
+    )
+    gate.add_argument("--max-mae", metavar="M", help="regression: fail when the mean |value - expected| > M")
     return p
 
 
@@ -199,13 +207,22 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.url and args.device:
         parser.error("--device is for local models; a server runs on the device it was started with")
     min_accuracy = None
+    labelled = (
+        args.expect is not None or args.labels_file is not None or args.labels_from_folders or args.labels_from_column
+    )
+    for option in ("max_abs_error", "max_mae"):
+        if getattr(args, option) is not None:
+            from maasctl.predict.gate import parse_tolerance
+
+            flag = "--" + option.replace("_", "-")
+            if not labelled:
+                parser.error(f"{flag} needs expected values: --expect, --labels-file or --labels-from-column")
+            try:
+                setattr(args, option, parse_tolerance(flag, getattr(args, option)))
+            except UsageError as exc:
+                parser.error(str(exc))
     if args.min_accuracy is not None:
-        if (
-            args.expect is None
-            and args.labels_file is None
-            and not args.labels_from_folders
-            and not args.labels_from_column
-        ):
+        if not labelled:
             parser.error(
                 "--min-accuracy needs expected labels: --expect, --labels-file, --labels-from-folders or --labels-from-column"
             )
@@ -236,6 +253,7 @@ def _run(args: argparse.Namespace, fmt: str, min_accuracy: float | None) -> int:
             expectations = ColumnLabels(target.manifest)
         ModelInput.from_manifest(target.manifest)  # a model predict cannot feed is refused before any input is read
         labels = model_labels(target.manifest)
+        _check_gate_options(args, target.manifest, expectations is not None)
         if args.expect is not None and labels and args.expect not in labels:
             raise UsageError(f"--expect {args.expect!r} is not one of the model's labels: {', '.join(labels)}")
     except MaasctlError as exc:  # nothing can be predicted: say why, and in JSON too for scripts that parse it
@@ -267,6 +285,27 @@ def _run(args: argparse.Namespace, fmt: str, min_accuracy: float | None) -> int:
     _emit(args, fmt, outcome, gate, summary, log)
     _report(outcome, gate, summary, log)
     return code
+
+
+def _check_gate_options(args: argparse.Namespace, manifest: dict[str, Any], gated: bool) -> None:
+    """Tolerances are for regression models, --min-accuracy for classifiers; a regression gate needs a tolerance."""
+    from maasctl.inputs.outputs import is_regression
+
+    tolerances = args.max_abs_error is not None or args.max_mae is not None
+    if is_regression(manifest):
+        if args.min_accuracy is not None:
+            raise UsageError(
+                "--min-accuracy is for classifiers; this model predicts values: use --max-abs-error/--max-mae"
+            )
+        if args.labels_from_folders:
+            raise UsageError("--labels-from-folders gives class names; this model predicts values")
+        if gated and not tolerances:
+            raise UsageError(
+                "this model predicts values, which rarely equal the expected ones exactly: give a tolerance in the "
+                "target's units, --max-abs-error E (each prediction) and/or --max-mae M (the mean error)"
+            )
+    elif tolerances:
+        raise UsageError("--max-abs-error and --max-mae are for regression models; this one predicts classes")
 
 
 def _exit_code(outcome: Any, gate: Any) -> int:
@@ -306,9 +345,16 @@ def _judge(
     log: _Reporter,
 ) -> Any:
     from maasctl.inputs.types import Problem
-    from maasctl.predict.gate import LabelsFile, apply_expectations
+    from maasctl.predict.gate import LabelsFile, apply_expectations, apply_value_expectations
 
-    gate = apply_expectations(outcome.predictions, expectations, model_labels, min_accuracy)
+    if any(p.value is not None for p in outcome.predictions):  # a regression model's values
+        gate = apply_value_expectations(outcome.predictions, expectations, args.max_abs_error, args.max_mae)
+        for message in gate.not_numbers:
+            problem = Problem(message.split(": ", 1)[0], message)
+            outcome.problems.append(problem)
+            log.problem(problem)
+    else:
+        gate = apply_expectations(outcome.predictions, expectations, model_labels, min_accuracy)
     for label in gate.unknown_labels[:5]:
         log.line(f"warning: expected label {label!r} is not one of the model's labels ({', '.join(model_labels)})")
     if isinstance(expectations, LabelsFile):
@@ -351,7 +397,12 @@ def _summary(
     }
     if gate is not None:
         g = gate.to_json()
-        summary.update({k: g[k] for k in ("accuracy", "correct", "labelled", "mismatches", "min_accuracy")})
+        if "mae" in g:  # regression: errors in the target's units
+            summary.update(
+                {k: g[k] for k in ("labelled", "mismatches", "mae", "rmse", "max_error", "max_abs_error", "max_mae")}
+            )
+        else:
+            summary.update({k: g[k] for k in ("accuracy", "correct", "labelled", "mismatches", "min_accuracy")})
         summary["gate"] = "passed" if gate.passed else "failed"
     return summary
 
@@ -394,7 +445,9 @@ def _emit(args: argparse.Namespace, fmt: str, outcome: Any, gate: Any, summary: 
 
 def _report(outcome: Any, gate: Any, summary: dict[str, Any], log: _Reporter) -> None:
     """The closing lines on stderr, for people and CI logs."""
-    if gate is not None:
+    if gate is not None and "mae" in gate.to_json():
+        _report_values(outcome, gate, summary, log)
+    elif gate is not None:
         wrong = [p for p in outcome.predictions if p.correct is False]
         for p in wrong[:MISMATCHES_SHOWN]:
             log.line(f"mismatch: {p.input}: expected {p.expected}, predicted {p.label} ({p.probability:.3f})")
@@ -414,6 +467,24 @@ def _report(outcome: Any, gate: Any, summary: dict[str, Any], log: _Reporter) ->
     if summary["stopped_early"]:
         line += "; stopped early, later inputs were not tried"
     log.line(line)
+
+
+def _report_values(outcome: Any, gate: Any, summary: dict[str, Any], log: _Reporter) -> None:
+    wrong = [p for p in outcome.predictions if p.correct is False]
+    for p in wrong[:MISMATCHES_SHOWN]:
+        log.line(
+            f"mismatch: {p.input}: expected {p.expected}, predicted {p.value:.6g} (error {p.error:+.4g}, more than "
+            f"{gate.max_abs_error:g})"
+        )
+    if len(wrong) > MISMATCHES_SHOWN:
+        log.line(f"... and {len(wrong) - MISMATCHES_SHOWN} more mismatches")
+    if gate.labelled:
+        bars = [f"max |error| {gate.max_abs_error:g}"] if gate.max_abs_error is not None else []
+        bars += [f"max MAE {gate.max_mae:g}"] if gate.max_mae is not None else []
+        log.line(
+            f"MAE {gate.mae:.4g}, RMSE {gate.rmse:.4g}, largest |error| {gate.worst:.4g} over {gate.labelled} values; "
+            f"gate {summary['gate']} ({', '.join(bars)})"
+        )
 
 
 class _Reporter:

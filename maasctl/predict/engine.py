@@ -17,7 +17,7 @@ import numpy as np
 
 from maasctl.errors import EXIT_UNAVAILABLE, MaasctlError, UsageError
 from maasctl.inputs.decode import load_source, stack_samples
-from maasctl.inputs.outputs import Prediction, label_batch, model_labels
+from maasctl.inputs.outputs import Prediction, is_regression, label_batch, model_labels, value_batch
 from maasctl.inputs.types import ModelInput, Problem, Sample, Source
 from maasctl.predict.inputs import expand_inputs
 from maasctl.predict.targets import Target
@@ -75,7 +75,10 @@ def run_predictions(
             problem(outcome.fatal)
             outcome.stopped = True
             return False
-        outcome.predictions += label_batch(batch, logits, labels, top_k)
+        if is_regression(target.manifest):
+            outcome.predictions += value_batch(batch, logits)
+        else:
+            outcome.predictions += label_batch(batch, logits, labels, top_k)
         return True
 
     for position, item in enumerate(items):

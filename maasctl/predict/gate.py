@@ -1,8 +1,10 @@
 """Expected labels and the accuracy gate: `--expect`, `--labels-file`, `--labels-from-folders`,
-`--labels-from-column`, `--min-accuracy`.
+`--labels-from-column`, `--min-accuracy`; for regression models, expected values and `--max-abs-error`,
+`--max-mae`.
 
 Without `--min-accuracy` every labelled prediction must match; with it, accuracy must reach it (and single
-mismatches do not fail the run on their own).
+mismatches do not fail the run on their own). A regression gate fails when any |error| exceeds
+`--max-abs-error`, or when the mean |error| over the labelled inputs exceeds `--max-mae` (either or both).
 """
 
 from __future__ import annotations
@@ -208,6 +210,90 @@ def apply_expectations(
         if known and p.expected not in known and p.expected not in result.unknown_labels:
             result.unknown_labels.append(p.expected)
     return result
+
+
+@dataclass
+class ValueGateResult:
+    """A regression model's gate: errors against expected values, in the target's units."""
+
+    max_abs_error: float | None = None
+    max_mae: float | None = None
+    errors: list[float] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+    not_numbers: list[str] = field(default_factory=list)  # "input: 'x'" for expected values that are not numbers
+    unknown_labels: list[str] = field(default_factory=list)  # (none: any number is a possible value)
+
+    @property
+    def labelled(self) -> int:
+        return len(self.errors)
+
+    @property
+    def mae(self) -> float | None:
+        return sum(abs(e) for e in self.errors) / len(self.errors) if self.errors else None
+
+    @property
+    def rmse(self) -> float | None:
+        return (sum(e * e for e in self.errors) / len(self.errors)) ** 0.5 if self.errors else None
+
+    @property
+    def worst(self) -> float | None:
+        return max(abs(e) for e in self.errors) if self.errors else None
+
+    @property
+    def mismatches(self) -> int:
+        return sum(abs(e) > self.max_abs_error for e in self.errors) if self.max_abs_error is not None else 0
+
+    @property
+    def passed(self) -> bool:
+        if not self.errors:
+            return False
+        return self.mismatches == 0 and (self.max_mae is None or self.mae <= self.max_mae)  # type: ignore[operator]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mae": self.mae,
+            "rmse": self.rmse,
+            "max_error": self.worst,
+            "labelled": self.labelled,
+            "mismatches": self.mismatches,
+            "unlabelled": len(self.unlabelled),
+            "max_abs_error": self.max_abs_error,
+            "max_mae": self.max_mae,
+            "passed": self.passed,
+        }
+
+
+def apply_value_expectations(
+    predictions: list[Prediction], expectations: Expectations, max_abs_error: float | None, max_mae: float | None
+) -> ValueGateResult:
+    """Set each regression prediction's `expected` value and error; an expected value that is not a number is
+    listed in `not_numbers` (an input error) and not counted."""
+    result = ValueGateResult(max_abs_error=max_abs_error, max_mae=max_mae)
+    for p in predictions:
+        expected = expectations.lookup(p.source, p.item)
+        if expected is None:
+            result.unlabelled.append(p.input)
+            continue
+        try:
+            number = float(expected)
+        except ValueError:
+            result.not_numbers.append(f"{p.input}: expected value {expected!r} is not a number")
+            continue
+        p.expected = str(expected)
+        error = p.value - number  # type: ignore[operator]
+        p.within = abs(error) <= max_abs_error if max_abs_error is not None else None
+        result.errors.append(error)
+    return result
+
+
+def parse_tolerance(option: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: give a number in the target's units, such as 2.5") from None
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"{option} {text!r}: must be a finite number, 0 or more")
+    return value
 
 
 def parse_accuracy(text: str) -> float:

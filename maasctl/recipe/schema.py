@@ -69,12 +69,26 @@ class ImageFolderData(Section):
 
 
 class CsvData(Section):
-    """Tabular CSV: numeric feature columns and a label column; features standardized with training statistics."""
+    """A table (CSV, or Parquet when pyarrow is installed): numeric and categorical feature columns and a label column.
+
+    Numeric columns: blanks (empty, NA, NaN, null) get the training median plus a missing-indicator input, then
+    standardisation with training statistics. Categorical columns (declared, or holding any non-number) are
+    one-hot over a vocabulary from the training split, with <unk> and <missing> levels. Columns that cannot help
+    (all blank, constant, an identifier) are dropped with a warning unless listed in keep_columns."""
 
     source: Literal["csv"]
-    path: str
+    path: str = Field(description="a .csv file, or .parquet (needs pyarrow)")
     label_column: str = "label"
-    feature_columns: list[str] | None = Field(None, description="null: every column but the label")
+    feature_columns: list[str] | None = Field(None, description="null: every column but the label and drop_columns")
+    categorical_columns: list[str] = Field(
+        default_factory=list, description="columns to treat as categories even when they hold numbers (codes)"
+    )
+    drop_columns: list[str] = Field(default_factory=list, description="columns never used as features")
+    keep_columns: list[str] = Field(
+        default_factory=list, description="columns kept even when they look useless (constant, an identifier)"
+    )
+    min_category_count: int = Field(1, ge=1, description="a category seen fewer times in the training split is <unk>")
+    max_categories: int = Field(50, ge=1, description="most frequent categories kept per column; the rest are <unk>")
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 
@@ -167,8 +181,23 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(
         None, gt=0, description="clip the gradient's global norm to this; null: no clipping"
     )
-    best_metric: Literal["val_accuracy", "val_loss", "val_macro_f1"] = Field(
-        "val_accuracy", description="picks best.pt and drives early stopping (ties on accuracy/F1 go to lower loss)"
+    loss: Literal["auto", "cross_entropy", "mse", "l1", "huber"] = Field(
+        "auto",
+        description="auto: cross_entropy for classification, mse for regression; l1 and huber are regression losses "
+        "(on standardised targets)",
+    )
+    huber_delta: float = Field(
+        1.0, gt=0, description="huber loss: where it turns from quadratic to linear (standard units)"
+    )
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="classification: balanced weighs each class by n / (classes x its training count)"
+    )
+    best_metric: Literal[
+        "auto", "val_accuracy", "val_loss", "val_macro_f1", "val_roc_auc", "val_mae", "val_rmse", "val_r2"
+    ] = Field(
+        "auto",
+        description="picks best.pt and drives early stopping; auto: val_accuracy for classification, val_rmse for "
+        "regression; val_roc_auc needs two classes (ties on accuracy/F1/AUC go to lower loss)",
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     # How training runs, not what it trains: these may change on --resume. Explicit values are honoured or refused
@@ -222,6 +251,11 @@ class Recipe(Section):
     """A training recipe. Omitted keys take the defaults below; the resolved recipe is saved with each run."""
 
     name: str = Field("digits-cnn", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="default run and model name")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="auto: regression when every label is a number and either some label is not whole or there are "
+        "more than 20 distinct values, classification otherwise (image folders and torchvision: classification)",
+    )
     data: DataConfig = Field(default_factory=DigitsData, description="the dataset: pick one `source`")
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -10,10 +10,16 @@ from rich.console import Console
 
 
 def _line(row: dict[str, Any], epochs: int) -> str:
-    return (
-        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.2%}  "
-        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.2%}  lr {row['lr']:.2e}  {row['seconds']:.2f}s"
-    )
+    if "val_rmse" in row:  # regression: errors in the target's units
+        scores = f"mae {row['train_mae']:.4g}  val_loss {row['val_loss']:.4f}  val_rmse {row['val_rmse']:.4g}"
+    else:
+        scores = f"acc {row['train_accuracy']:.2%}  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.2%}"
+    return f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  {scores}  lr {row['lr']:.2e}  {row['seconds']:.2f}s"
+
+
+def _stats(row: dict[str, Any]) -> str:
+    first = f"val_rmse {row['val_rmse']:.4g}" if "val_rmse" in row else f"val_acc {row['val_accuracy']:.2%}"
+    return f"{first}  val_loss {row['val_loss']:.4f}  loss {row['train_loss']:.4f}"
 
 
 @contextlib.contextmanager
@@ -34,7 +40,6 @@ def epoch_reporter(console: Console, epochs: int) -> Iterator[Any]:
         task = progress.add_task("train", total=epochs, stats="")
 
         def on_epoch(row: dict[str, Any], total: int) -> None:
-            stats = f"val_acc {row['val_accuracy']:.2%}  val_loss {row['val_loss']:.4f}  loss {row['train_loss']:.4f}"
-            progress.update(task, completed=row["epoch"], total=total, stats=stats)
+            progress.update(task, completed=row["epoch"], total=total, stats=_stats(row))
 
         yield on_epoch

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from maasctl.data import Dataset, build_dataset
 from maasctl.errors import UsageError
 from maasctl.fileio import atomic_write_json, atomic_write_text
-from maasctl.metrics import classification_metrics
 from maasctl.models import build_model_from_meta
 from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train import distributed as ddp
 from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
+from maasctl.train.objective import Objective
 from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
-from maasctl.train.plots import plot_confusion, plot_curves
+from maasctl.train.plots import plot_confusion, plot_curves, plot_regression
 
 METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
 EpochCallback = Callable[[dict[str, Any], int], None]
@@ -43,15 +43,14 @@ class _Progress:
     """Where a run stands after its last finished epoch; saved in every checkpoint, restored on resume."""
 
     epoch: int = 0
-    best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # _score of the best epoch
+    best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # Objective.score of the best epoch
     stale: int = 0  # epochs since the chosen metric last improved by min_delta (early stopping)
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def record(self, row: dict[str, Any], best_metric: str, min_delta: float) -> bool:
-        """Add an epoch's row; True when it is the best so far."""
+    def record(self, row: dict[str, Any], score: list[float], min_delta: float) -> bool:
+        """Add an epoch's row and its score (larger is better); True when it is the best so far."""
         self.history.append(row)
         self.epoch = row["epoch"]
-        score = _score(row, best_metric)
         improved = score > self.best
         # Early stopping counts epochs without an improvement of at least min_delta in the chosen metric.
         self.stale = 0 if score[0] > self.best[0] + min_delta else self.stale + 1
@@ -88,14 +87,17 @@ class Trainer:
         self.dist = ddp.env_from_torchrun()
         self.device = ddp.rank_device(self.dist, resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)
-        self.data = build_dataset(recipe.data, cfg.seed)
+        self.data = build_dataset(recipe.data, cfg.seed, recipe.task)
+        self.objective = Objective(cfg, self.data, self.device)  # loss, metrics, best metric for the task
         self.meta = {
             "model_name": recipe.model.name,
             "model_params": recipe.model.params,
             "input_shape": list(self.data.input_shape),
             "input_kind": self.data.input_kind,
             "vocab_size": self.data.vocab_size,
-            "num_classes": self.data.num_classes,
+            "num_classes": self.data.num_outputs,  # the head's width: 1 for regression
+            "task": self.data.task,
+            "target": self.data.target,
             "labels": self.data.labels,
             "preprocessing": self.data.preprocessing,
             "recipe_sha256": recipe_sha256(recipe),
@@ -166,13 +168,15 @@ class Trainer:
         progress = self._restore(run_dir, shuffle) if resume else _Progress()
         if self.is_main:
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(self.recipe))  # on resume: the new epochs/device
+            for note in self.data.notes:  # the task inferred, rows and columns dropped
+                self.log(note)
             self.log(describe(self.placement, self.device))  # where the data lives, and why (train.data_placement)
         writer = BackgroundWriter()
         for epoch in range(progress.epoch, cfg.epochs):
             started = time.perf_counter()
-            train_loss, train_accuracy = self._train_epoch(shuffle)
-            row = self._validate(epoch, train_loss, train_accuracy, started)
-            improved = progress.record(row, cfg.best_metric, cfg.early_stopping.min_delta)
+            train_loss, train_figure = self._train_epoch(shuffle)
+            row = self._validate(epoch, train_loss, train_figure, started)
+            improved = progress.record(row, self.objective.score(row), cfg.early_stopping.min_delta)
             self._checkpoint(run_dir, progress, shuffle, improved, writer)
             if on_epoch and self.is_main:
                 on_epoch(row, cfg.epochs)
@@ -195,25 +199,26 @@ class Trainer:
         return _Progress(ckpt["epoch"], ckpt["best"], ckpt["stale_epochs"], ckpt["history"])
 
     def _train_epoch(self, shuffle: torch.Generator) -> tuple[float, float]:
-        """One pass over this rank's shard of the training split; mean loss and accuracy over all ranks."""
-        cfg, device, accel = self.recipe.train, self.device, self.accel
+        """One pass over this rank's shard of the training split; over all ranks, the mean loss and the mean of the
+        task's per-sample figure (right answers, or absolute errors for regression)."""
+        device, accel = self.device, self.accel
         train = self._feed("train")
         self.train_model.train()
         order = ddp.shard(torch.randperm(train.n, generator=shuffle), self.dist)
         # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)  # right answers, or |errors| (regression)
         for x, y in train.batches(self.batch_size, order):  # from the device, or copied over from host memory
             x = accel.input(augment_batch(x, self.data.augment))
             with accel.autocast():
                 logits = self.train_model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                loss = self.objective.loss(logits, y)
             self._step(loss)
             loss_sum.add_(loss.detach(), alpha=len(y))
-            correct.add_((logits.argmax(1) == y).sum())
+            correct.add_(self.objective.batch_sum(logits, y))
         # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
         seen = torch.tensor(len(order), dtype=torch.float64, device=device)
-        train_loss, train_correct, total = ddp.all_sum(torch.stack([loss_sum, correct.double(), seen])).tolist()
+        train_loss, train_correct, total = ddp.all_sum(torch.stack([loss_sum, correct, seen])).tolist()
         return train_loss / total, train_correct / total
 
     def _step(self, loss: torch.Tensor) -> None:
@@ -227,21 +232,20 @@ class Trainer:
         scaler.update()
         self.scheduler.step()
 
-    def _validate(self, epoch: int, train_loss: float, train_accuracy: float, started: float) -> dict[str, Any]:
-        """The epoch's metrics row. One evaluation, on rank 0's weights, shared so every rank takes the same
-        decisions (best checkpoint, early stopping)."""
+    def _validate(self, epoch: int, train_loss: float, train_figure: float, started: float) -> dict[str, Any]:
+        """The epoch's metrics row (the task's columns: accuracy and F1, or MAE, RMSE and R²). One evaluation, on
+        rank 0's weights, shared so every rank takes the same decisions (best checkpoint, early stopping)."""
         row = None
         if self.is_main:
+            feed, objective = self._feed("validation"), self.objective
             val = evaluate(
-                self.model, self.data, "validation", self.device, accel=self.accel, feed=self._feed("validation")
+                self.model, self.data, "validation", self.device, accel=self.accel, feed=feed, objective=objective
             )
             row = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
-                "train_accuracy": train_accuracy,
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "val_macro_f1": val["macro_f1"],
+                objective.train_column: train_figure,
+                **{f"val_{k}": val[k] for k in objective.val_columns},
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
@@ -282,14 +286,15 @@ class Trainer:
         writer.wait()  # the last checkpoint is on disk
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
         self.model.load_state_dict(best_state["model"])
-        test = evaluate(self.model, data, "test", device, accel=self.accel, feed=self._feed("test"))
-        best_row = max(history, key=lambda r: _score(r, cfg.best_metric))
+        test = evaluate(
+            self.model, data, "test", device, accel=self.accel, feed=self._feed("test"), objective=self.objective
+        )
+        best_row = max(history, key=self.objective.score)
+        pictures = {k: test.pop(k) for k in ("confusion_matrix", "actual", "predicted") if k in test}
         metrics = {
             "best_epoch": best_row["epoch"],
-            "val_loss": best_row["val_loss"],
-            "val_accuracy": best_row["val_accuracy"],
-            "val_macro_f1": best_row["val_macro_f1"],
-            **{f"test_{k}": v for k, v in test.items() if k != "confusion_matrix"},
+            **{k: best_row[k] for k in best_row if k.startswith("val_")},
+            **{f"test_{k}": v for k, v in test.items()},
         }
         summary = {
             "run": run_dir.name,
@@ -305,13 +310,21 @@ class Trainer:
             "stopped_early": len(history) < cfg.epochs,
             "train_seconds": sum(r["seconds"] for r in history),
             "samples": {split: len(getattr(data, split).y) for split in ("train", "validation", "test")},
+            "task": data.task,
+            "best_metric": self.objective.best_metric,
             "metrics": metrics,
             "labels": data.labels,
-            "test_confusion_matrix": test["confusion_matrix"],
         }
+        if data.task == "regression":
+            summary["target"] = data.target
+        else:
+            summary["test_confusion_matrix"] = pictures["confusion_matrix"]
         atomic_write_json(run_dir / "summary.json", summary)
         plot_curves(history, run_dir / "curves.png")
-        plot_confusion(test["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
+        if data.task == "regression":
+            plot_regression(pictures["actual"], pictures["predicted"], run_dir, data.target["column"])
+        else:
+            plot_confusion(pictures["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
         return metrics
 
 
@@ -324,23 +337,25 @@ def evaluate(
     batch_size: int = 512,
     accel: Accel | None = None,
     feed: SplitFeed | None = None,
+    objective: Objective | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix on one split (`feed`: its batches, wherever
-    it lives; by default the split is copied to the device)."""
+    """The loss and the task's metrics on one split (`objective.scores`: accuracy, macro precision/recall/F1, the
+    confusion matrix, ROC AUC for two classes; or MAE, RMSE, R² and the values behind them). `feed`: the split's
+    batches, wherever it lives; by default the split is copied to the device."""
     model.eval()
+    objective = objective or Objective(Recipe().train, data, device)
     feed = feed if feed is not None else SplitFeed(getattr(data, split), device, "device")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    predictions = []
+    outputs = []
     for x, y in feed.batches(batch_size):
         xb = accel.input(x) if accel else x
         with accel.autocast() if accel else contextlib.nullcontext():
-            logits = model(xb).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        predictions.append(logits.argmax(1))
-    y_pred = torch.cat(predictions).cpu().numpy()
+            out = model(xb).float()
+        loss_sum += objective.loss(out, y, reduction="sum")
+        outputs.append(out)
     return {
         "loss": loss_sum.item() / feed.n,
-        **classification_metrics(getattr(data, split).y, y_pred, data.num_classes),
+        **objective.scores(getattr(data, split).y, torch.cat(outputs).cpu().numpy()),
     }
 
 
@@ -363,13 +378,6 @@ def augment_batch(x: torch.Tensor, cfg: Any) -> torch.Tensor:
         chans = torch.arange(c, device=x.device)[None, :, None, None]
         x = padded[batch, chans, rows, cols]
     return x
-
-
-def _score(row: dict[str, Any], metric: str) -> list[float]:
-    """Larger is better; accuracy and F1 ties go to the lower validation loss."""
-    if metric == "val_loss":
-        return [-row["val_loss"], 0.0]
-    return [row[metric], -row["val_loss"]]
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -439,7 +447,8 @@ def _checkpoint_job(paths: list[Path], state: dict[str, Any], metrics_csv: Path)
 
 def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    # The columns of the task: METRICS_COLUMNS for classes (+ val_roc_auc for two), MAE/RMSE/R² for regression
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]) if history else METRICS_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -25,15 +25,16 @@ def test_examples_write_every_dataset(examples_dir):
     assert (data / "iris.csv").read_text().splitlines()[0].endswith(",species")
     rows = [json.loads(line) for line in (data / "reviews.jsonl").read_text().splitlines()]
     assert {r["label"] for r in rows} == {"positive", "negative"} and len(rows) == 800
+    penguins = (data / "penguins.csv").read_text().splitlines()
+    assert penguins[0].endswith(",species") and len(penguins) == 345 and ",NA," in "\n".join(penguins)
+    assert (data / "deliveries.csv").read_text().splitlines()[0].endswith(",minutes")
 
 
 @pytest.mark.parametrize("recipe", LOCAL)
 def test_example_recipe_trains_and_exports(examples_dir, recipe):
     out = run_cli("train", str(ROOT / "recipes" / recipe), "--set", "train.epochs=1", "--json", cwd=examples_dir)
     result = json.loads(out.stdout)
-    assert result["metrics"]["test_accuracy"] > 0  # one epoch: it ran end to end; accuracy figures are in the README
     exported = json.loads(run_cli("export", result["run_dir"], "--json", cwd=examples_dir).stdout)
-    assert exported["top1_agreement"] == 1.0
     # The manifest carries the drift reference for the recipe's input kind (maasctl/drift.py).
     manifest = json.loads((examples_dir / exported["path"] / "model.json").read_text())
     stats = manifest["drift"]
@@ -46,11 +47,17 @@ def test_example_recipe_trains_and_exports(examples_dir, recipe):
         ]
     if stats["input_kind"] == "features":
         assert [v["name"] for v in stats["values"]] == manifest["preprocessing"]["columns"]
-    # The filed ONNX model, scored by onnxruntime alone, matches the PyTorch checkpoint's test accuracy (at most
-    # one near-tie sample may flip between the two float32 implementations).
     evaluated = json.loads(
         run_cli("evaluate", f"{exported['name']}:{exported['version']}", "--json", cwd=examples_dir).stdout
     )
+    if evaluated["task"] == "regression":  # the ONNX model's test metrics are PyTorch's, to float32 precision
+        for key in ("mae", "rmse", "r2"):
+            assert evaluated["metrics"][key] == pytest.approx(result["metrics"][f"test_{key}"], rel=1e-5, abs=1e-6)
+        return
+    assert result["metrics"]["test_accuracy"] > 0  # one epoch: it ran end to end; accuracy figures are in the README
+    assert exported["top1_agreement"] == 1.0
+    # The filed ONNX model, scored by onnxruntime alone, matches the PyTorch checkpoint's test accuracy (at most
+    # one near-tie sample may flip between the two float32 implementations).
     assert (
         abs(evaluated["metrics"]["accuracy"] - result["metrics"]["test_accuracy"]) <= 1 / evaluated["samples"] + 1e-12
     )

@@ -13,7 +13,7 @@ from PIL import Image
 
 from maasctl.data import build_dataset
 from maasctl.errors import UsageError
-from maasctl.preprocess import UNK, TextEncoder, load_image, normalize_features, normalize_images
+from maasctl.preprocess import UNK, TextEncoder, load_image, normalize_images
 from maasctl.recipe import load_recipe
 
 
@@ -40,12 +40,15 @@ def iris_like(tmp_path):
 def test_csv_standardizes_with_training_statistics_only(iris_like):
     d = data_of("data.source=csv", f"data.path={iris_like}", "data.label_column=species")
     assert d.labels == ["setosa", "versicolor", "virginica"] and d.input_kind == "features"
-    assert d.preprocessing["columns"] == ["petal", "sepal", "colour_code"]
-    np.testing.assert_allclose(d.train.x[:, :2].mean(0), 0, atol=1e-6)  # fitted on train...
+    assert d.preprocessing["columns"] == ["petal", "sepal"]  # colour_code is 7 in every row: dropped
+    assert any("colour_code: constant ('7' in every row)" in note for note in d.notes)
+    np.testing.assert_allclose(d.train.x.mean(0), 0, atol=1e-6)  # fitted on train...
     assert abs(d.test.x[:, 1].mean()) > 1e-6  # ...so the test split is not exactly centred
-    assert (d.train.x[:, 2] == 0).all()  # a constant column passes through as 0, not NaN
-    raw = np.array([[1.0, 15.0, 7.0]])
-    assert normalize_features(raw, d.preprocessing).shape == (1, 3)
+    kept = data_of(
+        "data.source=csv", f"data.path={iris_like}", "data.label_column=species", "data.keep_columns=[colour_code]"
+    )
+    assert kept.preprocessing["columns"] == ["petal", "sepal", "colour_code"]
+    assert (kept.train.x[:, 2] == 0).all()  # a kept constant column passes through as 0, not NaN
 
 
 def test_csv_wrong_label_column_suggests(iris_like):
@@ -53,11 +56,18 @@ def test_csv_wrong_label_column_suggests(iris_like):
         data_of("data.source=csv", f"data.path={iris_like}", "data.label_column=specie")
 
 
-def test_csv_non_numeric_feature_names_column_and_row(tmp_path):
+def test_csv_text_column_is_categorical(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("a,b,label\n1,x,0\n2,3,1\n")
-    with pytest.raises(UsageError, match=r"non-numeric values .* b \(row 2: 'x'\)"):
-        data_of("data.source=csv", f"data.path={path}")
+    path.write_text("a,b,label\n" + "1,x,0\n2,3,1\n3,x,0\n4,y,1\n" * 5)
+    d = data_of(
+        "data.source=csv",
+        f"data.path={path}",
+        "data.split.train=0.6",
+        "data.split.validation=0.2",
+        "data.split.test=0.2",
+    )
+    assert [f["type"] for f in d.preprocessing["features"]] == ["numeric", "categorical"]
+    assert d.preprocessing["features"][1]["levels"] == ["<unk>", "<missing>", "x", "3", "y"]  # most frequent first
 
 
 def test_missing_file_is_named(tmp_path):
