@@ -15,7 +15,7 @@ import numpy as np
 from maasctl import __version__
 from maasctl.errors import MaasctlError, UsageError
 from maasctl.inputs.decode import load_all, stack_batches
-from maasctl.inputs.outputs import label_batch, model_labels, scores_output
+from maasctl.inputs.outputs import is_regression, label_batch, model_labels, scores_output, value_batch
 from maasctl.inputs.types import ModelInput, Sample, Source
 from maasctl.protocol.errors import InvalidInput
 from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_response
@@ -120,7 +120,10 @@ class DataPlane:
                         f"model {name!r} does not give class scores (its output has shape {list(logits.shape)} "
                         f"for {len(batch)} inputs); use /infer"
                     )
-                predictions += [p.to_json() for p in label_batch(batch, logits, labels, upload.top_k)]
+                if is_regression(model.manifest):  # values in the target's units, as `maasctl predict` prints them
+                    predictions += [p.to_json() for p in value_batch(batch, logits)]
+                else:
+                    predictions += [p.to_json() for p in label_batch(batch, logits, labels, upload.top_k)]
             return {"model_name": model.name, "model_version": str(model.version), "predictions": predictions}
 
     async def infer_decoded(
