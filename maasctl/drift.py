@@ -65,8 +65,11 @@ def value_names(kind: str, count: int, preprocessing: dict[str, Any]) -> list[st
         return ["length", "unknown_rate"]
     if kind == "image":
         return [f"channel {i}" for i in range(count)]
-    columns = preprocessing.get("columns") or []
-    return list(columns) if len(columns) == count else [f"feature {i}" for i in range(count)]
+    # A table's encoded positions (`age`, `age:missing`, `island=Dream`), or its plain columns (older manifests)
+    for names in (preprocessing.get("inputs") or [], preprocessing.get("columns") or []):
+        if len(names) == count:
+            return list(names)
+    return [f"feature {i}" for i in range(count)]
 
 
 def reference_statistics(

@@ -281,11 +281,18 @@ def _drift_statistics(data, onnx_path: Path) -> dict[str, Any]:
     from maasctl.drift import reference_statistics
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    split = "validation" if data.input_kind == "tokens" else "train"
+    reference = data.validation.x if split == "validation" else data.train.x
+    if getattr(data, "task", "classification") == "regression":
+        # Input drift only: the output is one value, not classes, so its "class" distribution is one bin (the
+        # prediction PSI stays 0). Binning predicted values is left for later.
+        predicted = np.zeros(len(data.validation.x), dtype=np.int64)
+        return reference_statistics(
+            data.input_kind, reference, data.preprocessing, predicted, 1, reference_split=split, output_name="value"
+        )
     x = data.validation.x
     logits = [session.run(["logits"], {"input": x[i : i + 256]})[0] for i in range(0, len(x), 256)]
     predicted = np.concatenate(logits).argmax(axis=1) if logits else np.zeros(0, dtype=np.int64)
-    split = "validation" if data.input_kind == "tokens" else "train"
-    reference = data.validation.x if split == "validation" else data.train.x
     return reference_statistics(
         data.input_kind, reference, data.preprocessing, predicted, data.num_classes, reference_split=split
     )

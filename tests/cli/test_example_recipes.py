@@ -45,8 +45,10 @@ def test_example_recipe_trains_and_exports(examples_dir, recipe):
             "length",
             "unknown_rate",
         ]
-    if stats["input_kind"] == "features":
-        assert [v["name"] for v in stats["values"]] == manifest["preprocessing"]["columns"]
+    if stats["input_kind"] == "features":  # one value per encoded position: numbers, missing flags, categories
+        assert [v["name"] for v in stats["values"]] == manifest["preprocessing"].get(
+            "inputs", manifest["preprocessing"]["columns"]
+        )
     evaluated = json.loads(
         run_cli("evaluate", f"{exported['name']}:{exported['version']}", "--json", cwd=examples_dir).stdout
     )
