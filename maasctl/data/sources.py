@@ -246,9 +246,18 @@ def load_npz(cfg: schema.NpzData, seed: int) -> Dataset:
 def load_text(cfg: schema.TextData, seed: int) -> Dataset:
     path = _require_file(cfg.path, "data.path")
     fmt = cfg.format if cfg.format != "auto" else ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv")
-    records = _read_records(path, fmt)
+    try:
+        records = _read_records(path, fmt)
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"data.path: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8"
+        ) from None
     if not records:
         raise UsageError(f"data.path: {path} holds no records")
+    if cfg.tokenizer != "words":  # subword tokenizers: maasctl/data/text.py
+        from maasctl.data.text import load_subword_text
+
+        return load_subword_text(cfg, seed, records, path, lambda y: _three_way(y, cfg, seed))
     columns = list(records[0])
     for key, col in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
         if col not in columns:
