@@ -111,6 +111,10 @@ def export_run(
                 )
                 _check_onnx(onnx_path)
         manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement, sequence_axis)
+        if meta["preprocessing"].get("kind") == "subword":  # the tokenizer is filed with the model
+            from maasctl.export.text_export import file_tokenizer
+
+            file_tokenizer(staged, manifest)
         if report is not None:
             manifest["metrics"] = report.pop("_metrics")  # the filed (compressed) model's own test metrics
             manifest["compression"] = report
@@ -159,6 +163,8 @@ def _export_checked(
     the TorchScript exporter when dynamo fails or its graph does not match PyTorch (it mis-traces some RNN
     patterns, e.g. a sequence length baked into an Expand). Returns (exporter, max diff, top-1 agreement)."""
     attempts = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    if hasattr(model, "input_names"):  # several named inputs (pretrained text encoders): TorchScript's exporter
+        attempts = ["torchscript"]
     errors = []
     for kind in attempts:
         try:
@@ -186,6 +192,10 @@ def _export_checked(
 def _export(
     model: torch.nn.Module, example: np.ndarray, path: Path, opset: int, kind: str, sequence_axis: bool
 ) -> None:
+    if hasattr(model, "input_names"):
+        from maasctl.export import text_export
+
+        return text_export.export(model, example, path, opset)
     args = (torch.from_numpy(example),)
     names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": opset, "external_data": False}
     # The exporters print progress on stdout; keep stdout for --json.
@@ -218,6 +228,10 @@ def _parity(
     shows only when the size changes), and for sequence models also at a shorter sequence length."""
     import onnxruntime as ort
 
+    if hasattr(model, "input_names"):
+        from maasctl.export import text_export
+
+        return text_export.parity(model, onnx_path, samples)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs = [samples]
     if sequence_axis and samples.shape[1] >= 4:
