@@ -11,6 +11,7 @@ import numpy as np
 from maasctl.errors import UsageError
 from maasctl.inputs.outputs import scores_output
 from maasctl.metrics import classification_metrics
+from maasctl.preprocess import packed_feeds
 from maasctl.repository import ModelRepository, resolve_model
 from maasctl.runtime import load_model
 
@@ -34,8 +35,13 @@ def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size:
     data = build_dataset(recipe.data, recipe.train.seed)
     part = getattr(data, split)
     name_in, name_out = model.inputs[0].name, scores_output(model.manifest)
+    names = [t.name for t in model.inputs]
+
+    def feeds(x: np.ndarray) -> dict[str, np.ndarray]:
+        return packed_feeds(x, names) if len(names) > 1 else {name_in: x}  # several: a subword text model's
+
     predictions = [
-        model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out].argmax(1)
+        model.run(feeds(part.x[i : i + batch_size]), [name_out])[name_out].argmax(1)
         for i in range(0, len(part.y), batch_size)
     ]
     metrics = classification_metrics(part.y, np.concatenate(predictions), data.num_classes)

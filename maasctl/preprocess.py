@@ -204,3 +204,11 @@ class SubwordEncoder:
             ids[i, :n], types[i, :n], mask[i, :n] = r[0, :n], r[1, :n], 1
         tensors = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "input": ids}
         return {name: tensors[name] for name in self.spec["inputs"]}
+
+
+def packed_feeds(x: np.ndarray, names: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
+    """A packed (N, 3, T) training batch (ids, type ids, mask; maasctl/data/text.py) as the graph's named inputs,
+    cut to its longest text (or to `length`): how export and evaluate feed the dataset's splits to ONNX."""
+    length = length or max(1, int(x[:, 2].sum(1).max()))
+    parts = {"input_ids": x[:, 0, :length], "token_type_ids": x[:, 1, :length], "attention_mask": x[:, 2, :length]}
+    return {n: np.ascontiguousarray(parts[n]) for n in names}

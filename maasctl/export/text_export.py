@@ -14,16 +14,9 @@ import numpy as np
 import torch
 
 from maasctl.fileio import atomic_write_text, sha256_file
+from maasctl.preprocess import packed_feeds
 
 TOKENIZER_FILE = "tokenizer.json"
-
-
-def packed_feeds(x: np.ndarray, names: list[str], length: int | None = None) -> dict[str, np.ndarray]:
-    """A packed (N, 3, T) batch (ids, type ids, mask; maasctl/data/text.py) as the graph's named inputs, cut to its
-    longest text (or to `length`)."""
-    length = length or max(1, int(x[:, 2].sum(1).max()))
-    parts = {"input_ids": x[:, 0, :length], "token_type_ids": x[:, 1, :length], "attention_mask": x[:, 2, :length]}
-    return {n: np.ascontiguousarray(parts[n]) for n in names}
 
 
 def session_feeds(session: Any, x: np.ndarray) -> dict[str, np.ndarray]:
