@@ -1,6 +1,6 @@
 """Pretrained text encoders: exported encoder latency and server-side tokenization throughput, in one run.
 
-    python benchmarks/text.py [--hidden 384 --layers 6 --heads 12] [--seq 128] [--repeats 20] [--json]
+    python benchmarks/text.py [--hidden 384 --layers 6 --heads 12] [--seq 128] [--repeats 20] [--threads N] [--json]
 
 A randomly initialised BERT-style encoder of MiniLM's size by default (6 layers, hidden 384: ~22M parameters;
 weights do not change latency) is exported the way `maasctl export` exports hf_encoder models
@@ -62,7 +62,8 @@ def encoder_latency(args) -> dict:
 
     from maasctl.export import text_export
 
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = make_encoder(args.hidden, args.layers, args.heads)
     params = sum(p.numel() for p in model.parameters())
     rng = np.random.default_rng(0)
@@ -76,6 +77,7 @@ def encoder_latency(args) -> dict:
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = args.threads
         sessions = {
             name: ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
             for name, p in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8))
@@ -158,6 +160,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0: their defaults)")
     parser.add_argument("--train", action="store_true", help="also fine-tuning throughput")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--json", action="store_true")

@@ -207,6 +207,8 @@ def _npz_array(name: str, raw: bytes) -> np.ndarray:
 
 
 def _split_batch(name: str, array: np.ndarray, model_input: ModelInput) -> list[Sample | Problem]:
+    if model_input.kind == "subword":  # several input tensors: an infer request carries them, not one array
+        raise UsageError(f"{name}: {model_input.takes()}; its tensors (input_ids, attention_mask...) go to /infer")
     want = model_input.sample_shape
     if model_input.dtype.kind in "iu" and array.dtype.kind == "f":  # token ids: never truncate 1.7 to 1 quietly
         raise UsageError(f"{name}: the model takes whole numbers ({model_input.dtype}); the tensor holds {array.dtype}")
