@@ -131,6 +131,7 @@ def hf_encoder(
     hf_logging.disable_progress_bar()  # stderr is for maasctl's epoch lines
     if config is not None:  # rebuilt from a checkpoint's metadata: weights follow
         cfg = AutoConfig.for_model(**config)
+        cfg.num_labels = num_classes
         model = AutoModelForSequenceClassification.from_config(cfg)
     else:
         folder = resolve_pretrained(pretrained or "")
