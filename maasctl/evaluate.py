@@ -32,6 +32,8 @@ def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size:
             f"{version.path}: the manifest records no recipe (exported by an older maasctl); re-export the run"
         )
     recipe = Recipe.model_validate(recipe_doc)
+    if (model.manifest.get("preprocessing") or {}).get("kind") == "subword":  # the filed tokenizer, not a new one
+        recipe.data._subword_spec = model.manifest["preprocessing"]
     data = build_dataset(recipe.data, recipe.train.seed)
     part = getattr(data, split)
     name_in, name_out = model.inputs[0].name, scores_output(model.manifest)

@@ -122,7 +122,11 @@ def load_subword_text(cfg: Any, seed: int, records: list[dict[str, Any]], path: 
     pairs = [str(r.get(pair_col) or "") for r in keep] if pair_col else None
     y, labels = encode_labels([r.get(cfg.label_column) for r in keep])
     parts = split(y)
-    if cfg.tokenizer in TRAINED:
+    given = getattr(cfg, "_subword_spec", None)
+    if given is not None:  # the model's own (export, evaluate): what it was trained with
+        spec = given
+        kind = "tokens" if spec["inputs"] == ["input"] else "subword"
+    elif cfg.tokenizer in TRAINED:
         tokenizer_json = train_tokenizer(cfg.tokenizer, [texts[i] for i in parts[0]], cfg.vocab_size, cfg.lowercase)
         spec = subword_spec(tokenizer_json, cfg.max_len, ["input"], pair=bool(pairs), pad_to_max=True)
         kind = "tokens"

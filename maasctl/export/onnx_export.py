@@ -78,6 +78,8 @@ def export_run(
         )
     atol = atol if atol is not None else recipe.export.atol
     model, meta = _trained_model(run_dir, recipe)
+    if meta["preprocessing"].get("kind") == "subword":  # the tokenizer the model was trained with (data/text.py)
+        recipe.data._subword_spec = meta["preprocessing"]
     data = build_dataset(recipe.data, recipe.train.seed)
     samples = data.test.x[:PARITY_SAMPLES]
     sequence_axis = _takes_any_length(meta)

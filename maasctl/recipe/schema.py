@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -109,6 +109,9 @@ class TextData(Section):
     )
     text_pair_column: str | None = Field(None, description="a second text column, for pair classification (subword)")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    # Not a recipe key: export and evaluate set the subword preprocessing the model was trained with, so the splits
+    # are encoded with that tokenizer (trainers of `tokenizers` are not deterministic; a model folder may be gone).
+    _subword_spec: dict[str, Any] | None = PrivateAttr(None)
 
 
 DATA_SOURCES: dict[str, type[Section]] = {

@@ -150,10 +150,15 @@ def test_local_and_served_predictions_agree(text_ws):
         stop_server(server)
 
 
-def test_evaluate_scores_the_filed_model(text_ws):
-    proc = run_cli("evaluate", "intents:2", "--repo", "artifacts/models", "--json", cwd=text_ws, check=False)
-    assert proc.returncode in (0, 1), proc.stderr
-    assert 0.0 <= json.loads(proc.stdout)["metrics"]["accuracy"] <= 1.0
+def test_evaluate_needs_only_the_filed_version_and_the_data(text_ws, tmp_path):
+    """evaluate encodes the recipe's splits with the filed tokenizer: no model folder needed."""
+    import shutil
+
+    shutil.copy(text_ws / "intents.csv", tmp_path / "intents.csv")  # the data, not tiny-bert/
+    repo = str(text_ws / "artifacts/models")
+    proc = run_cli("evaluate", "intents:1", "--repo", repo, "--json", cwd=tmp_path)
+    manifest = json.loads((text_ws / "artifacts/models/intents/1/model.json").read_text())
+    assert json.loads(proc.stdout)["metrics"]["accuracy"] == pytest.approx(manifest["metrics"]["test_accuracy"])
 
 
 # --- refusals before training ---------------------------------------------------------------------------------------
@@ -244,3 +249,6 @@ def test_subword_tokenizer_trained_for_a_from_scratch_model(bad_ws):
     out = run_cli("predict", "scratch", "--text", "refund my café bill", "--text", "🚀 " * 50, "--json", cwd=bad_ws)
     predictions = json.loads(out.stdout)["predictions"]
     assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"billing", "tech", "travel"}
+    # tokenizers' trainers are not deterministic: export and evaluate encode with the trained model's own tokenizer
+    evaluated = json.loads(run_cli("evaluate", "scratch", "--json", cwd=bad_ws).stdout)
+    assert evaluated["metrics"]["accuracy"] == pytest.approx(manifest["metrics"]["test_accuracy"])
