@@ -252,3 +252,22 @@ def test_subword_tokenizer_trained_for_a_from_scratch_model(bad_ws):
     # tokenizers' trainers are not deterministic: export and evaluate encode with the trained model's own tokenizer
     evaluated = json.loads(run_cli("evaluate", "scratch", "--json", cwd=bad_ws).stdout)
     assert evaluated["metrics"]["accuracy"] == pytest.approx(manifest["metrics"]["test_accuracy"])
+
+
+def test_text_pairs_train_with_token_type_ids(bad_ws, monkeypatch):
+    """data.text_pair_column: both texts in one sequence, the second marked by token type 1."""
+    from maasctl.data import build_dataset
+    from maasctl.recipe import load_recipe
+
+    rows = [{"text": r["text"], "other": "refund please", "label": r["label"]} for r in intent_rows(2)]
+    with open(bad_ws / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["text", "other", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    monkeypatch.chdir(bad_ws)
+    recipe = load_recipe(_recipe(bad_ws, "pairs", path="pairs.csv", max_len=16, text_pair_column="other"))
+    data = build_dataset(recipe.data, 0)
+    assert data.input_kind == "subword" and data.preprocessing["pair"] is True
+    x = data.train.x
+    assert x.shape[1:] == (3, 16) and (x[:, 1].max(1) == 1).all()  # every pair has a second segment
+    assert ((x[:, 1] == 1) <= (x[:, 2] == 1)).all()  # type 1 only on real tokens
