@@ -131,7 +131,7 @@ def load_subword_text(cfg: Any, seed: int, records: list[dict[str, Any]], path: 
         spec = subword_spec(tokenizer_json, cfg.max_len, ["input"], pair=bool(pairs), pad_to_max=True)
         kind = "tokens"
     else:
-        folder = resolve_pretrained(cfg.tokenizer, "data.tokenizer")
+        folder = resolve_pretrained(cfg.tokenizer, "data.tokenizer (for hf_encoder: model.params.pretrained)")
         config = read_model_config(folder)
         spec = subword_spec(pretrained_tokenizer(folder), cfg.max_len, model_inputs(config), pair=bool(pairs))
         kind = "subword"
