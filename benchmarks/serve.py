@@ -18,6 +18,9 @@ the server's event loop (it does share the machine's cores). Every request carri
 3. sweep over concurrency: throughput, p50, p99 for maasctl and the baseline, and maasctl's average batch size
    from /metrics (delta of nv_inference_count_total / nv_inference_exec_count_total over the step).
 4. binary tensors (Triton's binary_tensor_data extension, binary output too) vs JSON at 16 connections.
+5. gRPC (`--grpc-port`, the tensor in raw_input_contents as tritonclient.grpc sends it; benchmarks/_grpc_loadgen.py,
+   one grpc.aio channel per connection) vs REST binary tensors, both against one server, at 16 connections.
+6. `--workers 2` vs one worker, JSON at 16 connections.
 
 Contenders are measured alternately (--repeats times) and the median reported, so machine noise hits both.
 Every load run is bounded by --duration seconds and --max-requests requests.
@@ -108,7 +111,10 @@ def load(
     duration: float,
     max_requests: int,
     warmup: float,
+    grpc: dict | None = None,
 ) -> dict:
+    """One load run. `grpc`: {"port", "model", "input", "shape"} to send ModelInfer over gRPC instead, with
+    `body` the raw tensor."""
     spec = {
         "host": "127.0.0.1",
         "port": server.port,
@@ -120,9 +126,11 @@ def load(
         "max_requests": max_requests,
         "warmup_s": warmup,
     }
+    if grpc is not None:
+        spec.update(grpc, raw_b64=spec["body_b64"])
     cpu0 = server.cpu_seconds()
     out = subprocess.run(
-        [sys.executable, str(HERE / "_loadgen.py")],
+        [sys.executable, str(HERE / ("_grpc_loadgen.py" if grpc else "_loadgen.py"))],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
@@ -219,6 +227,11 @@ def main() -> None:
         "--sweep-repeats", type=int, default=3, help="alternating runs per contender and point in section 3"
     )
     parser.add_argument("--no-binary", action="store_true", help="skip section 4")
+    parser.add_argument("--no-grpc", action="store_true", help="skip section 5 (gRPC vs REST binary)")
+    parser.add_argument("--no-workers", action="store_true", help="skip section 6 (--workers 2 vs 1)")
+    parser.add_argument(
+        "--only-new", action="store_true", help="run sections 5 and 6 only (the gRPC and --workers comparisons)"
+    )
     args = parser.parse_args()
 
     maasctl = shutil.which("maasctl", path=os.path.dirname(sys.executable)) or shutil.which("maasctl")
@@ -245,6 +258,7 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
 
     def start_maasctl(name: str, *extra: str) -> Server:
         port = free_port()
+        extra = extra if "--workers" in extra else ("--workers", "1", *extra)  # one process unless said otherwise
         s = Server(
             name, [maasctl, "serve", "--repo", str(repo), "--port", str(port), *extra], port, tmp / f"{name}.log", tmp
         )
@@ -267,14 +281,20 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
         check_answers(s, path, bodies, expected, binary=False)
         return s
 
-    base = start_baseline("starlette")
-    fastapi = start_baseline("fastapi") if importlib.util.find_spec("fastapi") else None
-    no_delay = start_maasctl("maasctl-delay0", "--max-queue-delay-ms", "0")
+    if not args.only_new:
+        base = start_baseline("starlette")
+        fastapi = start_baseline("fastapi") if importlib.util.find_spec("fastapi") else None
+        no_delay = start_maasctl("maasctl-delay0", "--max-queue-delay-ms", "0")
+
+    grpc_port = free_port()
+    grpc_spec = {"port": grpc_port, "model": args.model, "input": "input", "shape": list(sample.shape)}
+    bodies["grpc"] = (sample.astype("<f4").tobytes(), {})
 
     def measure(server: Server, kind: str, concurrency: int, duration: float) -> dict:
         body, headers = bodies[kind]
         c0 = counters(server, args.model) if server.name.startswith("maasctl") else None
-        r = load(server, path, body, headers, concurrency, duration, args.max_requests, args.warmup)
+        extra = {"grpc": grpc_spec} if kind == "grpc" else {}
+        r = load(server, path, body, headers, concurrency, duration, args.max_requests, args.warmup, **extra)
         if c0 is not None:
             c1 = counters(server, args.model)
             r["avg_batch"] = (c1[0] - c0[0]) / max(c1[1] - c0[1], 1)
@@ -297,6 +317,41 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
         f"\n{platform_line()}; model {args.model} ({onnx_path}); one 1x1x8x8 FP32 sample per request; "
         f"{args.duration:g} s per run after {args.warmup:g} s warm-up, medians of {args.repeats} alternating runs"
     )
+
+    def grpc_and_workers() -> None:
+        # 5. gRPC vs REST binary, one server
+        if not args.no_grpc:
+            both = start_maasctl("maasctl-grpc", "--grpc-port", str(grpc_port))
+            r5 = alternate({"rest": (both, "binary"), "grpc": (both, "grpc")}, 16)
+            print("\n5. maasctl serve --grpc-port, 16 connections: gRPC (raw_input_contents) vs REST binary tensors")
+            for name, label in (("rest", "REST binary"), ("grpc", "gRPC")):
+                cpu = statistics.median(
+                    r["server_cpu_s"] / (r["ok"] * (1 + args.warmup / args.duration)) for r in r5[name]
+                )
+                print(
+                    f"   {label:<12} {med(r5[name], 'rps'):8.0f} req/s  p50 {med(r5[name], 'p50_s') * 1e3:6.2f} ms  "
+                    f"p99 {med(r5[name], 'p99_s') * 1e3:6.2f} ms  avg batch {med(r5[name], 'avg_batch'):5.1f}  "
+                    f"server CPU ~{cpu * 1e6:4.0f} us/req"
+                )
+            print(f"   gRPC / REST binary: {med(r5['grpc'], 'rps') / med(r5['rest'], 'rps'):.2f}x")
+            print("   single runs: " + ", ".join(f"{k} {[round(r['rps']) for r in v]}" for k, v in r5.items()))
+
+        # 6. --workers 2 vs one worker
+        if not args.no_workers:
+            two = start_maasctl("maasctl-workers2", "--workers", "2")
+            r6 = alternate({"1": (ours, "json"), "2": (two, "json")}, 16)
+            print("\n6. maasctl serve --workers 2 vs 1 worker, 16 connections, JSON bodies")
+            for name in ("1", "2"):
+                print(
+                    f"   {name} worker(s)  {med(r6[name], 'rps'):8.0f} req/s  p50 {med(r6[name], 'p50_s') * 1e3:6.2f} ms  "
+                    f"p99 {med(r6[name], 'p99_s') * 1e3:6.2f} ms  avg batch {med(r6[name], 'avg_batch'):5.1f}"
+                )
+            print(f"   2 workers / 1: {med(r6['2'], 'rps') / med(r6['1'], 'rps'):.2f}x")
+            print("   single runs: " + ", ".join(f"{k} {[round(r['rps']) for r in v]}" for k, v in r6.items()))
+
+    if args.only_new:
+        grpc_and_workers()
+        return
 
     # 1. throughput at 16 connections
     contenders = {"maasctl": (ours, "json"), "baseline": (base, "json")}
@@ -368,6 +423,8 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
             f"   binary   {bn:8.0f} req/s  p50 {med(r4['binary'], 'p50_s') * 1e3:6.2f} ms  body {len(bodies['binary'][0])} B"
         )
         print(f"   ratio    {bn / j:8.2f}x   vs the baseline app's JSON: {bn / base_rps:.2f}x")
+
+    grpc_and_workers()
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f}")
 
 

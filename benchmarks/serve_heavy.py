@@ -111,7 +111,19 @@ def main() -> None:
         port = free_port()
         server = Server(
             "maasctl",
-            [maasctl, "serve", "--repo", str(tmp / "repo"), "--port", str(port), "--device", args.device],
+            # one process, as the in-process figure it is compared with (the default depends on the cores)
+            [
+                maasctl,
+                "serve",
+                "--repo",
+                str(tmp / "repo"),
+                "--port",
+                str(port),
+                "--device",
+                args.device,
+                "--workers",
+                "1",
+            ],
             port,
             tmp / "serve.log",
             tmp,

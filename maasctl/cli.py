@@ -222,6 +222,18 @@ def serve(
         "auto", "--device", help="auto (CUDA when onnxruntime has it) | cpu | cuda (refuse to start without it)"
     ),
     max_body_mb: float = typer.Option(64, "--max-body-mb", help="largest request body accepted (413 beyond)"),
+    max_json_mb: float = typer.Option(
+        16,
+        "--max-json-mb",
+        min=0,
+        help="largest JSON infer body, or JSON header of a binary one (413 beyond): decoding JSON takes ~10x its size",
+    ),
+    max_decoding_mb: float = typer.Option(
+        128,
+        "--max-decoding-mb",
+        min=1,
+        help="request-body bytes held for decoding and inference at once, server-wide; beyond it 503 + Retry-After",
+    ),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="one JSON line per request on stdout"),
     drain_seconds: float = typer.Option(
         30, "--drain-seconds", help="on SIGTERM/SIGINT, time given to in-flight requests"
@@ -260,6 +272,24 @@ def serve(
         min=0,
         help="look for new, changed and removed versions this often (0: at start, and on POST /v2/repository/models/NAME/load)",
     ),
+    grpc_port: int | None = typer.Option(
+        None,
+        "--grpc-port",
+        min=0,
+        max=65535,
+        help="also serve the Open Inference Protocol over gRPC on this port (Triton's is 8001; default: REST only)",
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="server processes on the port (SO_REUSEPORT), each with its own models; default: 1 on a GPU or under 4 cores, else cores/4",
+    ),
+    exit_on_error: bool = typer.Option(
+        True,
+        "--exit-on-error/--no-exit-on-error",
+        help="a model that fails to load at start-up stops the server (exit 3); --no-exit-on-error serves the ones that loaded",
+    ),
 ) -> None:
     """Serve every model in the repository over the Open Inference Protocol (KServe v2 REST)."""
     if device not in ("auto", "cpu", "cuda"):
@@ -267,24 +297,83 @@ def serve(
     if token is not None and not token.strip():
         raise MaasctlError("--token / MAASCTL_TOKEN is empty: give a secret, or unset it to serve without one")
     from maasctl.serve.batching import BatchingConfig
+    from maasctl.serve.memory import BodyBudget
     from maasctl.serve.models import VersionPolicy
+    from maasctl.serve.server import check_device
     from maasctl.serve.server import serve as run_server
+    from maasctl.serve.workers import default_workers, serve_workers
 
     VersionPolicy.parse(version_policy)  # a typo fails here, before any model loads
     batching = BatchingConfig(max_batch_size, max_queue_delay_ms, max_queue_size, request_timeout_s or None)
-    run_server(
-        str(repo),
-        host,
-        port,
-        device,
-        int(max_body_mb * 1024 * 1024),
-        access_log,
-        drain_seconds,
-        batching,
-        token,
-        version_policy,
-        poll_seconds,
+    options = dict(
+        repo=str(repo),
+        host=host,
+        port=port,
+        device=device,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        access_log=access_log,
+        drain_seconds=drain_seconds,
+        batching=batching,
+        token=token,
+        version_policy=version_policy,
+        poll_seconds=poll_seconds,
+        exit_on_error=exit_on_error,
+        grpc_port=grpc_port,
+        body_budget=BodyBudget(int(max_decoding_mb * 1024 * 1024), int(max_json_mb * 1024 * 1024)),
     )
+    check_device(device)  # before any model loads, worker starts or port opens
+    workers = workers or default_workers(device)
+    if workers == 1:
+        run_server(**options)
+        return
+    serve_workers(workers, **options)
+
+
+@app.command()
+def monitor(
+    model: str = typer.Argument(..., help="a served model: NAME, or NAME:VERSION"),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="the maasctl server"),
+    token: str | None = typer.Option(
+        None, "--token", envvar="MAASCTL_TOKEN", show_envvar=True, help="the server's token, if it has one"
+    ),
+    json_: bool = JSON,
+) -> None:
+    """Print a served model's drift: each input value's PSI and mean shift, and the predicted classes' PSI, against
+    the training statistics in its manifest. Exit 1 when it drifts past the alert thresholds with enough samples."""
+    from maasctl import drift
+    from maasctl.monitor import model_reports
+
+    name, _, version = model.partition(":")
+    if version and not version.isdecimal():
+        raise MaasctlError(f"model {model!r}: the version after ':' must be a number")
+    reports = model_reports(url, name, int(version) if version else None, token)
+    if json_:
+        _emit_json({"reports": reports, "thresholds": _drift_thresholds()})
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        for report in reports:
+            table = Table(title=f"{report['model']} version {report['version']}: {report['samples']} samples")
+            for column in ("value", "PSI", "mean shift (sd)", ""):
+                table.add_column(column, justify="left" if column == "value" else "right")
+            for value in report["values"]:
+                flag = "DRIFT" if value["drifting"] else ""
+                table.add_row(value["name"], f"{value['psi']:.3f}", f"{value['mean_shift']:+.2f}", flag)
+            if report["prediction_psi"] is not None:
+                flag = "DRIFT" if report["predictions_drifting"] else ""
+                table.add_row("predicted classes", f"{report['prediction_psi']:.3f}", "", flag)
+            Console(highlight=False).print(table)
+            if not report["enough_samples"]:
+                _log(f"only {report['samples']} of the {drift.MIN_SAMPLES} samples needed to judge drift")
+    if any(r["drifting"] for r in reports):
+        raise typer.Exit(1)
+
+
+def _drift_thresholds() -> dict[str, float]:
+    from maasctl import drift
+
+    return {"psi": drift.PSI_THRESHOLD, "mean_shift": drift.SHIFT_THRESHOLD, "min_samples": drift.MIN_SAMPLES}
 
 
 @app.command(
@@ -322,6 +411,52 @@ def evaluate(
     )
     if json_:
         _emit_json(result)
+
+
+@app.command()
+def benchmark(
+    models: list[str] = typer.Argument(
+        ...,
+        help="repository names, name:version, model folders, or run folders (artifacts/runs/NAME: exported to a temporary place)",
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu | auto | cuda: where onnxruntime runs"),
+    split: str = typer.Option("test", "--split", help="the recipe's split to score and time on"),
+    repeats: int = typer.Option(30, "--repeats", help="timed runs per batch size (the median is reported)"),
+    repo: Path = REPO,
+    json_: bool = JSON,
+) -> None:
+    """Model variants side by side: parameters, file size, score, and onnxruntime latency at batch 1 and 32."""
+    from maasctl.benchmark import benchmark_models
+
+    rows = benchmark_models(models, repo, device=device, split=split, repeats=repeats, log=_log)
+    if json_:
+        _emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "version", "parameters", "size", f"{split} score", "batch 1 ms", "batch 32 ms", "provider")
+    for r in rows:
+        table.add_row(
+            r["model"],
+            "run" if r["kind"] == "run" else str(r["version"]),
+            "-" if r["parameters"] is None else f"{r['parameters']:,}",
+            f"{r['bytes'] / 1e6:.2f} MB",
+            _headline(r["metrics"]),
+            f"{r['latency_ms_b1']:.3f}",
+            f"{r['latency_ms_b32']:.3f}",
+            r["provider"],
+        )
+    Console().print(table)
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """The one figure a table row shows: accuracy for classes, RMSE for values."""
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.2%}"
+    if "rmse" in metrics:
+        return f"RMSE {metrics['rmse']:.4g}"
+    return "-"
 
 
 @models_app.callback(invoke_without_command=True)

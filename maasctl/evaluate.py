@@ -21,20 +21,9 @@ SPLITS = ("train", "validation", "test")
 def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size: int = 256) -> dict[str, Any]:
     if split not in SPLITS:
         raise UsageError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
-    from maasctl.data import build_dataset
-    from maasctl.recipe import Recipe
-
     version = resolve_model(spec, ModelRepository(repo))
     model = load_model(version, device="cpu")
-    recipe_doc = model.manifest.get("recipe")
-    if recipe_doc is None:
-        raise UsageError(
-            f"{version.path}: the manifest records no recipe (exported by an older maasctl); re-export the run"
-        )
-    recipe = Recipe.model_validate(recipe_doc)
-    if (model.manifest.get("preprocessing") or {}).get("kind") == "subword":  # the filed tokenizer, not a new one
-        recipe.data._subword_spec = model.manifest["preprocessing"]
-    data = build_dataset(recipe.data, recipe.train.seed)
+    data = _dataset(model.manifest, version.path)
     part = getattr(data, split)
     name_in, name_out = model.inputs[0].name, scores_output(model.manifest)
     names = [t.name for t in model.inputs]
@@ -54,3 +43,27 @@ def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size:
         "samples": len(part.y),
         "metrics": metrics,
     }
+
+
+def split_inputs(manifest: dict[str, Any], split: str = "test", limit: int = 64) -> Any:
+    """Up to `limit` model inputs of the split the model's recipe makes (what `benchmark` times it on)."""
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
+    return getattr(_dataset(manifest, None), split).x[:limit]
+
+
+def _dataset(manifest: dict[str, Any], where: Path | None) -> Any:
+    """The data the model's recipe (recorded in its manifest) makes, split as in training."""
+    from maasctl.data import build_dataset
+    from maasctl.recipe import Recipe
+
+    recipe_doc = manifest.get("recipe")
+    if recipe_doc is None:
+        raise UsageError(
+            f"{where or manifest.get('name', 'model')}: the manifest records no recipe (exported by an older maasctl); "
+            "re-export the run"
+        )
+    recipe = Recipe.model_validate(recipe_doc)
+    if (manifest.get("preprocessing") or {}).get("kind") == "subword":  # the filed tokenizer, not a new one
+        recipe.data._subword_spec = manifest["preprocessing"]
+    return build_dataset(recipe.data, recipe.train.seed)

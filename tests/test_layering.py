@@ -56,7 +56,9 @@ def test_real_local_predict_loads_no_torch(model_repo, tmp_path, entry):
 
 
 def test_server_modules_load_no_torch():
-    loaded = _modules_after("import maasctl.serve.server, maasctl.serve.rest, maasctl.serve.dataplane, maasctl.predict")
+    loaded = _modules_after(
+        "import maasctl.serve.server, maasctl.serve.rest, maasctl.serve.dataplane, maasctl.predict, maasctl.monitor"
+    )
     assert not loaded & set(HEAVY)
 
 
@@ -97,6 +99,8 @@ FORBIDDEN = {
     "maasctl.repository": ("maasctl.serve", "maasctl.predict", "maasctl.train", *TORCH_SIDE),
     "maasctl.preprocess": ("maasctl.serve", "maasctl.predict", "maasctl.train", *TORCH_SIDE),
     "maasctl.evaluate": ("maasctl.serve", "maasctl.predict", "maasctl.train", "maasctl.models", *TORCH_SIDE),
+    "maasctl.drift": ("maasctl.serve", "maasctl.predict", "maasctl.train", "maasctl.models", *TORCH_SIDE),
+    "maasctl.monitor": ("maasctl.serve", "maasctl.predict", "maasctl.train", "maasctl.models", *TORCH_SIDE),
     "maasctl.export": ("maasctl.train.trainer", "maasctl.serve", "maasctl.predict"),
 }
 

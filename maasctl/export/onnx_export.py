@@ -121,6 +121,7 @@ def export_run(
             manifest["metrics"] = report.pop("_metrics")  # the filed (compressed) model's own test metrics
             manifest["compression"] = report
         manifest["recipe"] = recipe.model_dump(mode="json")  # the model folder alone says how to rebuild its data
+        manifest["drift"] = _drift_statistics(data, onnx_path)
         atomic_write_json(staged / MANIFEST, manifest)
         filed = repo.add_version(name or recipe.name, staged)
     except BaseException:
@@ -252,6 +253,25 @@ def _parity(
             agreement = min(agreement, float((batched.argmax(1) == expected.argmax(1)).mean()))
             scale = max(scale, float(np.abs(expected).max()))
     return diff, agreement, scale
+
+
+def _drift_statistics(data, onnx_path: Path) -> dict[str, Any]:
+    """The reference the server measures drift against (maasctl/drift.py): the training split's inputs, and the
+    classes the filed model (compressed or not) predicts on the validation split. Text takes its reference from the
+    validation split: the vocabulary was built on the training split, which so has no unknown tokens to compare."""
+    import onnxruntime as ort
+
+    from maasctl.drift import reference_statistics
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = data.validation.x
+    logits = [session.run(["logits"], {"input": x[i : i + 256]})[0] for i in range(0, len(x), 256)]
+    predicted = np.concatenate(logits).argmax(axis=1) if logits else np.zeros(0, dtype=np.int64)
+    split = "validation" if data.input_kind == "tokens" else "train"
+    reference = data.validation.x if split == "validation" else data.train.x
+    return reference_statistics(
+        data.input_kind, reference, data.preprocessing, predicted, data.num_classes, reference_split=split
+    )
 
 
 TRITON_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "FP16": "TYPE_FP16", "INT32": "TYPE_INT32"}

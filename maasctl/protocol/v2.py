@@ -7,6 +7,7 @@ ever sees well-formed tensors.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Iterable, Sequence
@@ -271,36 +272,62 @@ def _from_json(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
         if len(flat) != count:
             raise InvalidInput(f"input {name!r}: {len(flat)} values for shape {shape} ({count} expected)")
         return np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=object).reshape(shape)
-    try:
-        probe = np.asarray(data)
-    except ValueError:
-        raise InvalidInput(f"input {name!r}: data is ragged (nested lists of different lengths)") from None
-    if probe.size != count:
-        raise InvalidInput(f"input {name!r}: {probe.size} values for shape {shape} ({count} expected)")
     target = DATATYPES[datatype]
-    if count == 0:
+    if count == 0:  # an empty tensor: the data must hold no values either
+        given = sum(1 for _ in _flatten(data))
+        if given:
+            raise InvalidInput(f"input {name!r}: {given} values for shape {shape} (0 expected)")
         return np.zeros(shape, dtype=target)
-    kind = probe.dtype.kind
+    # The leaves' types first, without copying them: numpy would turn a list holding one long string into a
+    # fixed-width text array of that width per value (gigabytes), and quietly read true as 1 and null as nan.
+    kinds = _leaf_types(data, name)
     if datatype == "BOOL":
-        if kind != "b":
+        if kinds != {bool}:
             raise InvalidInput(f"input {name!r}: BOOL data must be true/false")
-        return probe.reshape(shape)
-    if kind not in "iuf":  # strings, nulls, objects, and true/false for a numeric type
+        return _as_array(data, target, shape, name)
+    if not kinds <= {int, float}:  # strings, nulls, objects, and true/false for a numeric type
         raise InvalidInput(f"input {name!r}: data must be numbers for datatype {datatype}")
     if target.kind == "f":
+        # Straight into the target type, no float64 copy in between. JSON has no infinities: one here is a
+        # value beyond the type's range.
         with np.errstate(over="ignore"):
-            converted = probe.astype(target)
-        if np.isinf(converted).sum() != np.isinf(probe).sum():
+            array = _as_array(data, target, shape, name)
+        if not np.isfinite(array).all():
             raise InvalidInput(f"input {name!r}: values out of range for {datatype}")
-        return converted.reshape(shape)
-    if kind == "f" and not (np.isfinite(probe).all() and (probe == np.trunc(probe)).all()):
-        raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
+        return array
+    if float in kinds:
+        probe = _as_array(data, np.dtype(np.float64), shape, name)
+        if not (np.isfinite(probe).all() and (probe == np.trunc(probe)).all()):
+            raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
+        del probe
+    # Exact for all 64-bit values (a float64 probe is not); numpy refuses any value outside the type's range.
+    return _as_array(data, target, shape, name)
+
+
+def _leaf_types(data: Any, name: str) -> set[type]:
+    """The types of the values in (nested) `data`, found by walking it at the depth of its first leaf."""
+    depth, probe = 0, data
+    while isinstance(probe, list) and probe:
+        probe, depth = probe[0], depth + 1
+    leaves: Any = [data]
+    for _ in range(depth):
+        leaves = itertools.chain.from_iterable(leaves)
     try:
-        # Parse the JSON numbers again straight into the target type: exact for all 64-bit values (a float64
-        # probe is not), and numpy raises OverflowError for any value outside the type's range.
-        return np.asarray(data, dtype=target).reshape(shape)
-    except (OverflowError, ValueError, TypeError):
-        raise InvalidInput(f"input {name!r}: values out of range for {datatype}") from None
+        return set(map(type, leaves))
+    except TypeError:  # a number where a list was expected
+        raise InvalidInput(f"input {name!r}: data is ragged (nested lists of different lengths)") from None
+
+
+def _as_array(data: Any, dtype: np.dtype, shape: list[int], name: str) -> np.ndarray:
+    try:
+        array = np.array(data, dtype=dtype)
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: data is ragged (nested lists of different lengths)") from None
+    except OverflowError:  # an integer beyond the type (or beyond any float)
+        raise InvalidInput(f"input {name!r}: values out of range for {_NUMPY_TO_DATATYPE[dtype]}") from None
+    if array.size != math.prod(shape):
+        raise InvalidInput(f"input {name!r}: {array.size} values for shape {shape} ({math.prod(shape)} expected)")
+    return array.reshape(shape)
 
 
 def _from_bytes(raw: bytes, datatype: str, shape: list[int] | None, name: str) -> np.ndarray:

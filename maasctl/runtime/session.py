@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class LoadedModel:
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         names = output_names or [o.name for o in self.outputs]
+        feeds = {name: _strings(a) if a.dtype == object else a for name, a in feeds.items()}
         return dict(zip(names, self.session.run(names, feeds)))
 
 
@@ -85,6 +87,9 @@ def load_model(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = os.environ.get("MAASCTL_INTRA_OP_THREADS", "")  # serve --workers N: each worker's share of the cores
+    if threads.isdecimal():
+        options.intra_op_num_threads = int(threads)
     try:
         session = ort.InferenceSession(str(model.onnx_path), sess_options=options, providers=select_providers(device))
     except UsageError:
@@ -109,3 +114,10 @@ def load_model(
 def _spec(arg: Any) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
     return TensorSpec(arg.name, ORT_TO_DATATYPE.get(arg.type, arg.type), shape)
+
+
+def _strings(array: np.ndarray) -> np.ndarray:
+    """BYTES tensors as onnxruntime's string tensors take them: str. Given bytes, it would run on their repr
+    ("b'...'"). Bytes that are not UTF-8 raise UnicodeDecodeError, which the caller reports as a refused input."""
+    flat = [v.decode("utf-8") if isinstance(v, bytes) else v for v in array.ravel()]
+    return np.array(flat, dtype=object).reshape(array.shape)

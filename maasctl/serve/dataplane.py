@@ -16,11 +16,12 @@ from maasctl.inputs.decode import in_input_order, load_all, stack_batches
 from maasctl.inputs.outputs import label_batch, model_labels, scores_output
 from maasctl.inputs.types import ModelInput, Sample, Source
 from maasctl.protocol.errors import InvalidInput
-from maasctl.protocol.v2 import InferResponse, decode_request, encode_response
+from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_response
 from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
 from maasctl.serve.batching import BackendError, BatchingConfig, Overloaded, TimedOut
+from maasctl.serve.memory import BodyBudget
 from maasctl.serve.models import ServedModels, VersionPolicy
 
 log = logging.getLogger("maasctl.serve")
@@ -35,13 +36,17 @@ class DataPlane:
         device: str = "auto",
         batching: BatchingConfig | None = None,
         version_policy: VersionPolicy | str = "latest",
+        body_budget: BodyBudget | None = None,
     ) -> None:
         self.repo = repo
+        self.body_budget = body_budget or BodyBudget()  # body bytes decoded at once, shared by the transports
         self.device = device
         self.batching = batching or BatchingConfig()
         self.metrics = m.Metrics()  # this dataplane's own registry, served at /metrics
         policy = version_policy if isinstance(version_policy, VersionPolicy) else VersionPolicy.parse(version_policy)
         self.served = ServedModels(repo, device, self.batching, self.metrics, policy)
+        self.metrics.watch_readiness(self.served.readiness)
+        self.metrics.watch_drift(self.served.drift_monitors)
         self.loaded = False
 
     def load_all(self) -> None:
@@ -116,6 +121,19 @@ class DataPlane:
                 done += zip(batch, (p.to_json() for p in label_batch(batch, logits, labels, upload.top_k)))
             predictions = in_input_order(samples, done)  # texts ran in batches by length
             return {"model_name": model.name, "model_version": str(model.version), "predictions": predictions}
+
+    async def infer_decoded(
+        self, name: str, version: str | None, decode: Callable[[TensorSignature], InferRequest]
+    ) -> InferResponse:
+        """`infer` for a transport with its own codec (gRPC): `decode` turns its message into a request checked
+        against the model's signature. Counted, queue-limited and batched as `infer`."""
+        served = self.served.get(name, version)
+        model = served.model
+        with self.counted(model):
+            served.batcher.raise_if_full()
+            request = decode(served.signature)
+            outputs = await served.batcher.infer(request.inputs, request.outputs)
+            return InferResponse(name, str(model.version), outputs, request.id)
 
     @contextlib.contextmanager
     def counted(self, model: LoadedModel) -> Iterator[None]:

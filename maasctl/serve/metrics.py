@@ -4,8 +4,13 @@ counters). Each DataPlane owns a registry of its own: several servers in one pro
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # 100 µs .. 10 s: a CPU batch of digits takes well under a millisecond, a queued request on a busy GPU seconds.
 LATENCY_BUCKETS = (
@@ -53,7 +58,11 @@ class Metrics:
             registry=r,
         )
         self.pending = Gauge(
-            "nv_inference_pending_request_count", "Requests queued for the model, not yet executing", LABELS, registry=r
+            "nv_inference_pending_request_count",
+            "Requests queued for the model, not yet executing",
+            LABELS,
+            registry=r,
+            multiprocess_mode="livesum",  # with --workers: the queues of all live workers
         )
         self.queue_seconds = Histogram(
             "maasctl_inference_queue_seconds",
@@ -81,6 +90,7 @@ class Metrics:
             "1 for each model being served, with its execution provider and batching",
             (*LABELS, "provider", "max_batch_size"),
             registry=r,
+            multiprocess_mode="livemax",
         )
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -98,9 +108,81 @@ class Metrics:
         """Drop the version's info and queue gauges; its counters stay, so totals never go backwards."""
         info = self._info_labels.pop((name, str(version)), None)
         if info is not None:
+            self.model_info.labels(*info).set(0)  # with --workers the value stays in the worker's file: make it 0
             self.model_info.remove(*info)
         with contextlib.suppress(KeyError):
+            self.pending.labels(name, str(version)).set(0)
             self.pending.remove(name, str(version))
 
+    def watch_readiness(self, source: Callable[[], dict[str, bool]]) -> None:
+        """Export `maasctl_model_ready{model}` from `source` (model name -> has a version serving), read at each
+        scrape, so the gauge cannot lag the state /v2/health/ready reports."""
+        self.registry.register(_Readiness(source))
+
+    def watch_drift(self, source: Callable[[], list[Any]]) -> None:
+        """Export the drift gauges of the DriftMonitors (maasctl/drift.py) `source` returns, computed at each scrape
+        from their windows. Models without training statistics have no monitor, so no drift series."""
+        self.registry.register(_Drift(source))
+
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers: every worker's samples, summed
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _Readiness(Collector):
+    def __init__(self, source: Callable[[], dict[str, bool]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "maasctl_model_ready",
+            "1 while the model has a version serving; 0 while it should but has none (its load failed)",
+            labels=["model"],
+        )
+        for name, ready in sorted(self.source().items()):
+            family.add_metric([name], 1.0 if ready else 0.0)
+        yield family
+
+
+class _Drift(Collector):
+    def __init__(self, source: Callable[[], list[Any]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        reports = [monitor.report() for monitor in self.source()]
+        if not reports:
+            return
+        labels, per_value = ["model", "version"], ["model", "version", "feature"]
+        samples = GaugeMetricFamily(
+            "maasctl_drift_window_samples", "Samples in the model's drift window (alert only past 500)", labels=labels
+        )
+        value_psi = GaugeMetricFamily(
+            "maasctl_drift_psi",
+            "Population stability index of a monitored input value (feature, channel mean, text length or unknown-"
+            "token rate) in the window against the training statistics",
+            labels=per_value,
+        )
+        shift = GaugeMetricFamily(
+            "maasctl_drift_mean_shift",
+            "Window mean of a monitored input value minus its training mean, in training standard deviations",
+            labels=per_value,
+        )
+        prediction = GaugeMetricFamily(
+            "maasctl_drift_prediction_psi",
+            "Population stability index of the predicted classes in the window against those on the validation split",
+            labels=labels,
+        )
+        for report in reports:
+            key = [report["model"], str(report["version"])]
+            samples.add_metric(key, report["samples"])
+            for value in report["values"]:
+                value_psi.add_metric([*key, value["name"]], value["psi"])
+                shift.add_metric([*key, value["name"]], value["mean_shift"])
+            if report["prediction_psi"] is not None:
+                prediction.add_metric(key, report["prediction_psi"])
+        yield from (samples, value_psi, shift, prediction)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from maasctl.drift import DriftMonitor
 from maasctl.errors import MaasctlError, Unavailable, UsageError
 from maasctl.protocol.errors import InvalidInput, NotFound
 from maasctl.protocol.v2 import DATATYPES, TensorSignature
@@ -110,6 +111,16 @@ class ServedModels:
     @property
     def ready(self) -> bool:
         return all(self.served.get(name) for name in self.expected)
+
+    def readiness(self) -> dict[str, bool]:
+        """Every model meant to be served (present at start, loaded since, or failing to load and still on disk; not
+        those unloaded on purpose) -> whether it has a version serving: the `maasctl_model_ready` gauge."""
+        failing = {name for name, _ in self.failed} & set(self.repo.names())
+        names = (self.expected | set(self.served) | failing) - self.unloaded
+        return {name: bool(self.served.get(name)) for name in names}
+
+    def drift_monitors(self) -> list[DriftMonitor]:
+        return [sv.batcher.drift for versions in self.served.values() for sv in versions.values() if sv.batcher.drift]
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """Every version on disk or in memory, with its state: `POST /v2/repository/index`."""
@@ -226,9 +237,9 @@ class ServedModels:
             raise Unavailable(
                 f"{model.name} version {version}: the warm-up inference failed: {str(exc).strip().splitlines()[0]}"
             ) from None
-        return ServedVersion(
-            model, TensorSignature(model.inputs, model.outputs), ModelBatcher(model, self.batching, self.metrics)
-        )
+        batcher = ModelBatcher(model, self.batching, self.metrics)
+        batcher.drift = DriftMonitor.for_model(name, version, model.manifest)
+        return ServedVersion(model, TensorSignature(model.inputs, model.outputs), batcher)
 
     def _apply(self, name: str, plan: _Plan) -> list[ServedVersion]:
         """Make the plan's changes to the served set (no await inside: requests see the old set or the new one)."""

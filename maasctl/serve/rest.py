@@ -25,6 +25,7 @@ from maasctl.serve.access_log import AccessLog
 from maasctl.serve.auth import BearerAuth
 from maasctl.serve.batching import Overloaded
 from maasctl.serve.dataplane import DataPlane, Upload
+from maasctl.serve.memory import DecodingFull, JsonTooLarge, declared_size
 from maasctl.serve.metrics import CONTENT_TYPE
 
 log = logging.getLogger("maasctl.serve")
@@ -66,9 +67,18 @@ class Endpoints:
         return json_response(self.dataplane.model_manifest(*_model_path(request)))
 
     async def infer(self, request: Request) -> Response:
-        body = await _read_body(request, self.max_body_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
-        content, headers = await self.dataplane.infer(*_model_path(request), body, header_length)
+        declared = request.headers.get("content-length")
+        budget = self.dataplane.body_budget
+        try:
+            limit = budget.infer_limit(declared, header_length, self.max_body_bytes)
+            with budget.hold(declared_size(declared, limit)):  # see memory.py
+                body = await _read_body(request, limit)
+                content, headers = await self.dataplane.infer(*_model_path(request), body, header_length)
+        except (DecodingFull, JsonTooLarge):
+            async for _ in _limited_stream(request, self.max_body_bytes):  # read and drop the body, so the client,
+                pass  # still sending it, gets the 503 or 413 rather than a reset connection
+            raise
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
 

@@ -34,6 +34,18 @@ def test_example_recipe_trains_and_exports(examples_dir, recipe):
     assert result["metrics"]["test_accuracy"] > 0  # one epoch: it ran end to end; accuracy figures are in the README
     exported = json.loads(run_cli("export", result["run_dir"], "--json", cwd=examples_dir).stdout)
     assert exported["top1_agreement"] == 1.0
+    # The manifest carries the drift reference for the recipe's input kind (maasctl/drift.py).
+    manifest = json.loads((examples_dir / exported["path"] / "model.json").read_text())
+    stats = manifest["drift"]
+    assert stats["input_kind"] == manifest["input_kind"]
+    assert all(sum(v["counts"]) == stats["samples"] for v in stats["values"])
+    if stats["input_kind"] == "tokens":  # validation: the vocabulary was built on the training split
+        assert stats["reference_split"] == "validation" and [v["name"] for v in stats["values"]] == [
+            "length",
+            "unknown_rate",
+        ]
+    if stats["input_kind"] == "features":
+        assert [v["name"] for v in stats["values"]] == manifest["preprocessing"]["columns"]
     # The filed ONNX model, scored by onnxruntime alone, matches the PyTorch checkpoint's test accuracy (at most
     # one near-tie sample may flip between the two float32 implementations).
     evaluated = json.loads(

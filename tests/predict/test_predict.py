@@ -702,7 +702,20 @@ def test_texts_local_and_remote_agree(rows_and_texts):
     code, gated = _predict_rows(
         ws, "reviews-gru", "data/examples/reviews.jsonl", "--labels-from-column", "--min-accuracy", "0.5"
     )
-    assert gated["summary"]["labelled"] == 800 and code in (0, 1)
+    assert gated["summary"]["labelled"] == 800
+    assert gated["summary"]["gate"] == ("passed" if gated["summary"]["accuracy"] >= 0.5 else "failed")
+    assert code == (0 if gated["summary"]["accuracy"] >= 0.5 else 1)
+    # A file whose every text appears twice, once with each label, scores exactly 50% whatever the model learnt
+    # (the same text gets the same prediction), so the gate's outcome is known: 50% passes, 51% fails.
+    rows = [json.loads(line) for line in (ws / "data/examples/reviews.jsonl").read_text().splitlines()[:20]]
+    flip = {"positive": "negative", "negative": "positive"}
+    both = [r for row in rows for r in (row, {**row, "label": flip[row["label"]]})]
+    (ws / "both.jsonl").write_text("".join(json.dumps(r) + "\n" for r in both))
+    code, gated = _predict_rows(ws, "reviews-gru", "both.jsonl", "--labels-from-column", "--min-accuracy", "50%")
+    assert (code, gated["summary"]["gate"], gated["summary"]["accuracy"]) == (0, "passed", 0.5)
+    assert (gated["summary"]["labelled"], gated["summary"]["mismatches"]) == (40, 20)
+    code, gated = _predict_rows(ws, "reviews-gru", "both.jsonl", "--labels-from-column", "--min-accuracy", "51%")
+    assert (code, gated["summary"]["gate"], gated["summary"]["accuracy"]) == (1, "failed", 0.5)
 
 
 def test_inputs_the_model_does_not_take(rows_and_texts, model_repo):

@@ -443,3 +443,14 @@ def test_no_id_in_the_response_when_the_request_has_none() -> None:
     doc = orjson.loads(body)
     assert "id" not in doc
     assert doc["model_name"] == "m" and doc["model_version"] == "3"
+
+
+@pytest.mark.parametrize("data", ["1.0", "[1.0]", "[[1.0]]", "[[], [2]]"])
+def test_an_empty_shape_takes_no_values(data):
+    """Found by the fuzz suite: shape [0, 4] with values once decoded as an empty tensor and got 200."""
+    signature = TensorSignature.from_manifest(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}], "outputs": []}
+    )
+    body = b'{"inputs": [{"name": "input", "shape": [0, 4], "datatype": "FP32", "data": %s}]}' % data.encode()
+    with pytest.raises(InvalidInput, match=r"values for shape \[0, 4\] \(0 expected\)"):
+        decode_request(body, None, signature)

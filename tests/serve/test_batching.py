@@ -8,13 +8,26 @@ queue; /metrics shows them pending; opening the gate lets the batcher take them.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import Gate, digits, infer, load_dataplane, metric, scrape, serving, wait_until, write_rowsum_model
+from helpers import (
+    Gate,
+    digits,
+    file_onnx_model,
+    http,
+    infer,
+    load_dataplane,
+    metric,
+    scrape,
+    serving,
+    wait_until,
+    write_rowsum_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +90,9 @@ def test_inputs_of_different_shapes_are_never_concatenated(tmp_path):
             assert status == 200, doc
             np.testing.assert_allclose(doc["arrays"]["total"], x.sum(axis=1, keepdims=True), rtol=1e-5)
         samples = scrape(base)
-    # gated one; widths 3 (2+3 rows); widths 5 (1+2 rows); the 10-row request alone
-    assert metric(samples, "nv_inference_exec_count_total", model="rowsum") == 4
+    # gated one; widths 3 (2+3 rows); widths 5 (1+2 rows); the 10-row request alone, in slices of 8 and 2 rows
+    # (a request over --max-batch-size runs a batch at a time, so its size cannot blow up the model's memory)
+    assert metric(samples, "nv_inference_exec_count_total", model="rowsum") == 5
     assert metric(samples, "nv_inference_count_total", model="rowsum") == 1 + 18
 
 
@@ -134,3 +148,73 @@ def test_concurrent_tritonclient_requests_are_batched_and_answered_correctly(mod
     executions = metric(samples, "nv_inference_exec_count_total", model="digits")
     assert metric(samples, "nv_inference_count_total", model="digits") == sum(len(x) for x in xs)
     assert 1 <= executions < len(xs), f"{len(xs)} requests in {executions} executions: not batched"
+
+
+def _write_lookup_model(repo) -> None:
+    """ids INT64 [batch, 2] -> vectors = TABLE[ids] FP32 [batch, 2, 3]: an id outside 0..3 makes onnxruntime's
+    Gather fail, for the whole batch that holds it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["vectors"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 2])],
+        [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", 2, 3])],
+        initializer=[numpy_helper.from_array(LOOKUP_TABLE, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    file_onnx_model(
+        repo,
+        "lookup",
+        model,
+        inputs=[{"name": "ids", "datatype": "INT64", "shape": [-1, 2]}],
+        outputs=[{"name": "vectors", "datatype": "FP32", "shape": [-1, 2, 3]}],
+    )
+
+
+LOOKUP_TABLE = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+
+def _infer_ids(base: str, ids: list[list[int]]) -> tuple[int, dict]:
+    doc = {
+        "inputs": [
+            {"name": "ids", "shape": [len(ids), 2], "datatype": "INT64", "data": [i for row in ids for i in row]}
+        ]
+    }
+    status, _, body = http("POST", f"{base}/v2/models/lookup/infer", json.dumps(doc).encode())
+    return status, json.loads(body)
+
+
+def test_a_failed_batch_is_rerun_request_by_request_so_one_bad_request_fails_alone(tmp_path):
+    _write_lookup_model(tmp_path)
+    dataplane = load_dataplane(tmp_path, max_batch_size=32, max_queue_delay_ms=0)
+    model = dataplane.model("lookup")
+    executed = []  # rows per onnxruntime call, as the batcher made them
+    run = model.run
+
+    def recorded(feeds, output_names=None):
+        executed.append(len(feeds["ids"]))
+        return run(feeds, output_names)
+
+    model.run = recorded
+    gate = Gate(model)  # holds the first execution, so the next three queue and go together
+    requests = [[[0, 1]], [[2, 99], [1, 1]], [[3, 2], [0, 0]]]  # the middle one holds an id out of range
+    with serving(dataplane) as base, ThreadPoolExecutor(len(requests) + 1) as pool:
+        first = pool.submit(_infer_ids, base, [[3, 3]])
+        assert gate.entered.wait(15)
+        replies = []
+        for ids in requests:  # one at a time, so the queue order is the order above
+            replies.append(pool.submit(_infer_ids, base, ids))
+            wait_until(lambda: metric(scrape(base), "nv_inference_pending_request_count") == len(replies), "queueing")
+        gate.open.set()
+        assert first.result()[0] == 200
+        (good1, doc1), (bad, doc2), (good2, doc3) = (r.result() for r in replies)
+        samples = scrape(base)
+    # the held one alone; the three together (5 rows), which fail; then each of the three alone
+    assert executed == [1, 5, 1, 2, 2]
+    assert good1 == 200 and doc1["outputs"][0]["data"] == LOOKUP_TABLE[[0, 1]].ravel().tolist()
+    assert good2 == 200 and doc3["outputs"][0]["data"] == LOOKUP_TABLE[[3, 2, 0, 0]].ravel().tolist()
+    assert bad == 400 and "model 'lookup' rejected the input" in doc2["error"], doc2
+    assert metric(samples, "nv_inference_request_success_total", model="lookup") == 3
+    assert metric(samples, "nv_inference_request_failure_total", model="lookup", reason="BACKEND") == 1
+    assert metric(samples, "nv_inference_exec_count_total", model="lookup") == 3  # executions that succeeded

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from maasctl.predict import LocalTarget, predict
-from maasctl.preprocess import TextEncoder, normalize_features, tabular_spec, text_spec
+from maasctl.preprocess import tabular_spec, text_spec
 from maasctl.repository import ModelRepository
 from maasctl.serve.dataplane import DataPlane
 
@@ -190,10 +190,11 @@ def test_multipart_images_match_the_cli_local_engine(port, repo, pngs):
 
 def test_csv_rows_raw_multipart_and_json(port):
     rows = np.array([[1.0, 2.0], [3.0, 0.5], [-2.0, 4.0]])
-    logits = normalize_features(rows, ROWS_SPEC).astype(np.float64) @ W_ROWS.astype(np.float64)
-    labels = [["x", "y", "z"][i] for i in logits.argmax(1)]
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs = (probs / probs.sum(1, keepdims=True)).max(1)
+    # Worked out by hand, not with the code under test: standardised with mean (1, 2) and std (2, 0.5) the rows are
+    # (0, 0), (1, -3), (-1.5, 4); times W_ROWS the logits are (0, 0, 0), (-0.5, -7, 3.5), (0.5, 9.5, -4.75). A tie
+    # goes to the first class; the probabilities are 1/3, 1 / (1 + e^-4 + e^-10.5), 1 / (1 + e^-9 + e^-14.25).
+    labels = ["x", "z", "y"]
+    probs = [1 / 3, 0.9819872359511869, 0.9998759579890248]
     csv_text = "b,label,a\n" + "".join(f"{b},?,{a}\n" for a, b in rows)  # columns by name, in any order
     status, doc = post(port, "/v2/models/rows/predict", csv_text.encode(), "text/csv; charset=utf-8")
     assert status == 200, doc
@@ -215,8 +216,10 @@ def test_csv_rows_raw_multipart_and_json(port):
 
 def test_texts_raw_lines_form_fields_and_json(port):
     texts = ["Good film!", "bad bad film", "nothing\u2028known\nhere"]
-    logits = TextEncoder(TEXT_SPEC)(texts).astype(np.float64) @ W_TEXT.astype(np.float64)
-    labels = [["neg", "pos"][i] for i in logits.argmax(1)]
+    # By hand: ids are pad 0, unknown 1, then the vocabulary from 2 (good 2, bad 3, film 4, ! 5), padded to 4, so
+    # the inputs are (2, 4, 5, 0), (3, 3, 4, 0), (1, 1, 1, 0) (the line separators split nothing: 3 unknown words)
+    # and the logits, times W_TEXT, (2.75, 3), (3.5, 1), (1.25, 0).
+    labels = ["pos", "neg", "neg"]
     status, doc = post(
         port, "/v2/models/words/predict", ("\n".join(texts[:2]) + "\n\n").encode(), "text/plain"
     )  # a line each
@@ -242,7 +245,8 @@ def test_npy_tensor_upload(port):
     status, doc = post(port, "/v2/models/rows/predict", body, content_type)
     assert status == 200, doc
     assert [p["input"] for p in doc["predictions"]] == ["batch.npy[0]", "batch.npy[1]"]
-    assert [p["index"] for p in doc["predictions"]] == (x @ W_ROWS).argmax(1).tolist()
+    # a tensor goes in as is (no standardisation): logits (0, -2.5, 1.25) and (3, 2, -1)
+    assert [p["index"] for p in doc["predictions"]] == [2, 0]
 
 
 # --- what is refused, and the server keeps serving -----------------------------------------------------------------

@@ -289,3 +289,20 @@ def test_a_model_that_loads_but_cannot_run_is_reported_not_fatal(repo):
     assert [name for name, row in index.items() if row["state"] == "READY"] == ["adder"]
     assert "warm-up inference failed" in index["bad"]["reason"]
     assert not plane.ready
+
+
+def test_model_ready_gauge_follows_what_readiness_reports(repo):
+    file_adder(repo, 1, corrupt=True)  # present at start, but nothing loads: not ready
+    with serving(dataplane(repo)) as base:
+        assert http("GET", f"{base}/v2/health/ready")[0] == 503
+        assert metric(scrape(base), "maasctl_model_ready", model="adder") == 0
+        assert ("maasctl_model_ready", frozenset({("model", "adder")})) in scrape(base)  # 0, not absent
+
+        shutil.rmtree(repo / "adder" / "1")
+        file_adder(repo, 1)
+        client(base).load_model("adder")
+        assert metric(scrape(base), "maasctl_model_ready", model="adder") == 1
+        assert http("GET", f"{base}/v2/health/ready")[0] == 200
+
+        client(base).unload_model("adder")  # on purpose: no series, so no alert
+        assert not any(name == "maasctl_model_ready" for name, _ in scrape(base))

@@ -391,3 +391,101 @@ def test_data_placement_values_are_checked_by_the_schema():
         RecipeError, match=r"train.data_workers \(from --set\): Input should be greater than or equal to 0"
     ):
         load_recipe(None, ["train.data_workers=-1"])
+
+
+def test_ctrl_c_exits_130_and_resume_continues_from_the_last_epoch(tmp_path):
+    """SIGINT (what Ctrl-C sends) mid-run: exit 130 with the resume command, the checkpoint under way completes,
+    and --resume carries on from the last finished epoch with the earlier rows kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "artifacts" / "runs" / "c"
+    log = tmp_path / "train.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            # the MLP: epochs of a fraction of a second, so the test is quick and the interrupt still lands mid-run
+            [
+                sys.executable,
+                "-m",
+                "maasctl",
+                "train",
+                "--set",
+                "model.name=mlp",
+                "--set",
+                "train.epochs=200",
+                "--name",
+                "c",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(_rows_or_empty(run_dir / "metrics.csv")) < 2:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = log.read_text()
+    assert code == 130, err
+    assert "interrupted; continue with: maasctl train --resume artifacts/runs/c\n" in err
+    assert "Traceback" not in err
+    before = _rows(run_dir / "metrics.csv")
+    assert 2 <= len(before) < 200, "the interrupt should land mid-run"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == len(before)  # nothing lost: the last epoch's checkpoint was finished before exiting
+
+    out = json.loads(
+        run_cli(  # the command it printed
+            "train", "--resume", "artifacts/runs/c", "--set", f"train.epochs={len(before) + 2}", "--json", cwd=tmp_path
+        ).stdout
+    )
+    rows = _rows(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(before) + 3))
+    assert rows[: len(before)] == before
+    assert out["metrics"]["test_accuracy"] > 0.8
+
+
+def test_best_metric_picks_the_checkpoint(tmp_path):
+    """`train.best_metric` decides which epoch best.pt (and so the summary, the test figures and export) holds. With
+    this seed and a constant, high learning rate the validation loss is lowest at epoch 2 while the accuracy peaks
+    at epoch 4, so the two choices pick different epochs of the same trajectory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    common = ["--set", "model.name=mlp", "--set", "train.epochs=4", "--set", "train.schedule=constant"]
+    common += ["--set", "train.optimizer.lr=0.02", "--set", "train.device=cpu", "--json"]
+
+    def train(metric: str) -> dict:  # the two runs side by side: most of each is start-up
+        return json.loads(
+            run_cli("train", *common, "--set", f"train.best_metric={metric}", "--name", metric, cwd=tmp_path).stdout
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        outs = dict(zip(("val_loss", "val_accuracy"), pool.map(train, ("val_loss", "val_accuracy"))))
+    by = {}
+    for metric, out in outs.items():
+        run_dir = tmp_path / "artifacts" / "runs" / metric
+        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(run_dir / "metrics.csv")]
+        best_pt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        by[metric] = rows, out["metrics"]["best_epoch"], best_pt["epoch"], summary
+    (loss_rows, loss_epoch, loss_pt, loss_summary), (acc_rows, acc_epoch, acc_pt, _) = (
+        by["val_loss"],
+        by["val_accuracy"],
+    )
+    assert loss_rows == acc_rows  # the same seed on CPU: the same epochs; only the choice differs
+    val_loss = [float(r["val_loss"]) for r in loss_rows]
+    val_acc = [(float(r["val_accuracy"]), -float(r["val_loss"])) for r in loss_rows]
+    assert loss_epoch == loss_pt == 1 + val_loss.index(min(val_loss))
+    assert acc_epoch == acc_pt == 1 + val_acc.index(max(val_acc))
+    assert loss_epoch != acc_epoch, f"this trajectory should separate the two metrics: {loss_rows}"
+    assert loss_summary["metrics"]["val_loss"] == pytest.approx(min(val_loss), rel=1e-5)
+
+    proc = run_cli("train", "--set", "train.best_metric=accuracy", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "train.best_metric" in proc.stderr and "val_accuracy" in proc.stderr

@@ -1,0 +1,86 @@
+"""Memory under hostile input: how many request-body bytes the server holds for decoding at once, and the lower
+limit on JSON tensors.
+
+Where an infer request's memory goes (measured, one 38 MB JSON body of 6.4 million numbers to the digits model):
+orjson's parse peaks at about 10× the body (its document tree, then a Python float object per number), and the
+model used to run all 100,000 rows at once (onnxruntime's arena reached 1.9 GB and kept it; batching.py now runs
+such a request in slices of --max-batch-size rows). A binary tensor is read in place from the body (about 1×).
+
+So the bounds are:
+- a JSON body (or the JSON header of a binary one) over `max_json_bytes` gets 413 before it is read: the transient
+  of one JSON decode stays within about 10× that limit, and decoding runs on the event loop, one at a time;
+- the bodies of requests being read, decoded and inferred at once total at most `max_bytes` (the declared
+  Content-Length is reserved before reading); beyond it 503 with Retry-After, so many large requests at once
+  cannot add up. A request that finds nothing else held is always admitted, so any body within the limits can
+  be served on an idle server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from maasctl.protocol.errors import PayloadTooLarge
+from maasctl.serve.batching import Overloaded
+
+DEFAULT_MAX_DECODING_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
+class DecodingFull(Overloaded):
+    """503 with Retry-After (gRPC: RESOURCE_EXHAUSTED): too many body bytes are being decoded right now."""
+
+
+class JsonTooLarge(PayloadTooLarge):
+    """413: more JSON than --max-json-mb, in a body within --max-body-mb (so worth reading to answer it)."""
+
+
+class BodyBudget:
+    """The server-wide bound on body bytes held for decoding, and the JSON limit; one per DataPlane, shared by
+    its transports."""
+
+    def __init__(
+        self, max_bytes: int = DEFAULT_MAX_DECODING_BYTES, max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    ) -> None:
+        self.max_bytes, self.max_json_bytes = max_bytes, max_json_bytes
+        self.held = 0
+
+    @contextlib.contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        """Reserve `size` bytes for one request's lifetime; DecodingFull when they do not fit beside what is held."""
+        if self.held and self.held + size > self.max_bytes:
+            raise DecodingFull(
+                f"the server is decoding {self.held} bytes of request bodies (--max-decoding-mb allows "
+                f"{self.max_bytes}); this one of {size} bytes must wait: retry later"
+            )
+        self.held += size
+        try:
+            yield
+        finally:
+            self.held -= size
+
+    def infer_limit(self, content_length: str | None, header_length: str | None, max_body_bytes: int) -> int:
+        """The body limit for an infer request, checked against what it declares: the JSON limit for an all-JSON
+        body; for a binary one (Triton's extension) the body limit, with its JSON header held to the JSON limit."""
+        json_limit = self.max_json_bytes
+        if header_length is not None:
+            if header_length.isdecimal() and int(header_length) > json_limit:
+                raise JsonTooLarge(
+                    f"JSON header of {header_length} bytes exceeds the JSON limit of {json_limit} bytes (--max-json-mb)"
+                )
+            return max_body_bytes
+        declared = int(content_length) if content_length and content_length.isdecimal() else 0
+        if json_limit < declared <= max_body_bytes:
+            raise JsonTooLarge(
+                f"JSON request body of {declared} bytes exceeds the limit of {json_limit} bytes for JSON tensors "
+                f"(--max-json-mb); send large tensors as binary data (Triton's binary tensor extension, up to "
+                f"{max_body_bytes} bytes, --max-body-mb)"
+            )
+        return min(max_body_bytes, json_limit)
+
+
+def declared_size(content_length: str | None, limit: int) -> int:
+    """What to reserve before reading: the declared length, or the whole limit for a body of unknown length."""
+    if content_length and content_length.isdecimal():
+        return min(int(content_length), limit)
+    return limit
