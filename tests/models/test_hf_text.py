@@ -159,6 +159,9 @@ def test_evaluate_needs_only_the_filed_version_and_the_data(text_ws, tmp_path):
     proc = run_cli("evaluate", "intents:1", "--repo", repo, "--json", cwd=tmp_path)
     manifest = json.loads((text_ws / "artifacts/models/intents/1/model.json").read_text())
     assert json.loads(proc.stdout)["metrics"]["accuracy"] == pytest.approx(manifest["metrics"]["test_accuracy"])
+    bench = run_cli("benchmark", "intents:1", "intents:2", "--repo", repo, "--repeats", "2", "--json", cwd=tmp_path)
+    fp32, int8 = json.loads(bench.stdout)
+    assert fp32["latency_ms_b32"] > 0 and int8["bytes"] < fp32["bytes"]  # the several inputs were fed
 
 
 # --- refusals before training ---------------------------------------------------------------------------------------
