@@ -69,6 +69,13 @@ def _run_dir(spec: str) -> Path | None:
     return None
 
 
+def _feeds(batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """A subword text model's several inputs come packed in its dataset's splits (maasctl/data/text.py)."""
+    from maasctl.preprocess import packed_feeds
+
+    return packed_feeds(batch, names) if len(names) > 1 else {names[0]: batch}
+
+
 def measure_model(spec: str, repo: Path, *, device: str, split: str, repeats: int) -> dict[str, Any]:
     from maasctl.evaluate import evaluate_model, split_inputs
     from maasctl.inputs.outputs import scores_output
@@ -79,11 +86,12 @@ def measure_model(spec: str, repo: Path, *, device: str, split: str, repeats: in
     scored = evaluate_model(spec, repo, split=split)
     model = load_model(version, device=device)
     x = split_inputs(model.manifest, split)
-    name_in, name_out = model.inputs[0].name, scores_output(model.manifest)
+    name_out = scores_output(model.manifest)
     latency = {}
     for b in LATENCY_BATCHES:
         batch = np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])) if len(x) < b else x[:b])
-        latency[f"latency_ms_b{b}"] = _median_ms(lambda: model.run({name_in: batch}, [name_out]), repeats)  # noqa: B023
+        feeds = _feeds(batch, [t.name for t in model.inputs])
+        latency[f"latency_ms_b{b}"] = _median_ms(lambda: model.run(feeds, [name_out]), repeats)  # noqa: B023
     onnx_path = version.path / model.manifest["onnx"]["file"]
     return {
         "name": version.name,

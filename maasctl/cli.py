@@ -13,7 +13,7 @@ import typer
 
 from maasctl.errors import EXIT_UNAVAILABLE, MaasctlError
 
-TRAIN_EXTRA = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib"}  # pyproject's `train` extra
+TRAIN_EXTRA = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib", "transformers"}  # pyproject's `train` extra
 EXIT_CODES = "Exit codes: 0 success, 1 a check failed, 2 usage or input error, 3 model or server unavailable."
 
 app = typer.Typer(

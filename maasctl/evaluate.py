@@ -11,7 +11,7 @@ import numpy as np
 from maasctl.errors import UsageError
 from maasctl.inputs.outputs import scores_output
 from maasctl.metrics import classification_scores, regression_metrics
-from maasctl.preprocess import destandardize
+from maasctl.preprocess import destandardize, packed_feeds
 from maasctl.repository import ModelRepository, resolve_model
 from maasctl.runtime import load_model
 
@@ -26,11 +26,13 @@ def evaluate_model(spec: str, repo: str | Path, split: str = "test", batch_size:
     data = _dataset(model.manifest, version.path)
     part = getattr(data, split)
     name_in, name_out = model.inputs[0].name, scores_output(model.manifest)
+    names = [t.name for t in model.inputs]
+
+    def feeds(x: np.ndarray) -> dict[str, np.ndarray]:
+        return packed_feeds(x, names) if len(names) > 1 else {name_in: x}  # several: a subword text model's
+
     outputs = np.concatenate(
-        [
-            model.run({name_in: part.x[i : i + batch_size]}, [name_out])[name_out]
-            for i in range(0, len(part.y), batch_size)
-        ]
+        [model.run(feeds(part.x[i : i + batch_size]), [name_out])[name_out] for i in range(0, len(part.y), batch_size)]
     )
     if model.manifest.get("task") == "regression":  # the graph's values are in the target's units already
         metrics = regression_metrics(destandardize(part.y, model.manifest["target"]), outputs[:, 0])
@@ -65,4 +67,6 @@ def _dataset(manifest: dict[str, Any], where: Path | None) -> Any:
             "re-export the run"
         )
     recipe = Recipe.model_validate(recipe_doc)
+    if (manifest.get("preprocessing") or {}).get("kind") == "subword":  # the filed tokenizer, not a new one
+        recipe.data._subword_spec = manifest["preprocessing"]
     return build_dataset(recipe.data, recipe.train.seed, recipe.task)

@@ -63,6 +63,22 @@ def verify_onnx(model_dir: Path, manifest: dict[str, Any]) -> None:
         )
 
 
+def attach_tokenizer(model_dir: Path, manifest: dict[str, Any], verify: bool = True) -> dict[str, Any]:
+    """For subword text models: the tokenizer file filed beside the ONNX file, checked against its sha256 like the
+    ONNX file, inlined in the in-memory manifest's preprocessing (`tokenizer_json`) where predict and serve read
+    it. Other manifests come back unchanged."""
+    spec = manifest.get("preprocessing") or {}
+    entry = spec.get("tokenizer") if spec.get("kind") == "subword" else None
+    if not isinstance(entry, dict):
+        return manifest
+    path = model_dir / entry["file"]
+    if not path.is_file():
+        raise Unavailable(f"{path}: missing (the model's tokenizer)")
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise Unavailable(f"{path}: sha256 does not match the manifest's; the tokenizer was changed after export")
+    return {**manifest, "preprocessing": {**spec, "tokenizer_json": path.read_text(encoding="utf-8")}}
+
+
 class ModelRepository:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)

@@ -256,6 +256,57 @@ def digits(rows: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((rows, 1, 8, 8), dtype=np.float32)
 
 
+# --- text: a tiny pretrained-style encoder, built offline ------------------------------------------------------------
+
+INTENTS = {
+    "billing": ["my invoice is wrong", "charge on my card twice", "refund the payment", "the bill is too high"],
+    "tech": ["the app crashes on start", "cannot log in to my account", "error when I upload", "the page is blank"],
+    "travel": ["book a flight to Paris", "change my hotel room", "cancel the train ticket", "seat on the plane"],
+}
+
+
+def intent_rows(copies: int = 12) -> list[dict[str, str]]:
+    """Labelled short requests, each phrase repeated with small variations."""
+    rows = []
+    for k in range(copies):
+        for label, phrases in INTENTS.items():
+            for p in phrases:
+                rows.append({"text": f"{p} please" if k % 2 else (p.capitalize() + "!" * (k % 3)), "label": label})
+    return rows
+
+
+def make_tiny_bert(folder: Path, texts: list[str], layers: int = 2, hidden: int = 32, positions: int = 64) -> Path:
+    """A 2-layer BERT-style encoder with random weights and a WordPiece tokenizer trained on `texts`, written with
+    save_pretrained as a downloaded model would be: config.json, model.safetensors, tokenizer.json."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=positions,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    BertModel(config).save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
 def system_tool(name: str) -> str:
     """The path of a system program (promtool, prometheus: Debian's `prometheus` package, which .ci/run installs).
     Missing: the test fails under CI (CI=true), where a skip would hide that the check never ran; skips elsewhere."""

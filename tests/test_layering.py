@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib")  # the `train` extra (pyproject.toml)
+HEAVY = (
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxscript",
+    "matplotlib",
+    "transformers",
+)  # the `train` extra (pyproject.toml)
 # Runs maasctl's console entry point as on a box where the `train` extra was never installed.
 WITHOUT_TRAIN_EXTRA = (
     "import sys\n"
@@ -80,7 +87,7 @@ def test_serving_side_commands_work_without_the_train_extra(workspace, model_rep
 # --- the import graph, read from the source (lazy imports inside functions included) -------------------------------
 
 PACKAGE = Path(__file__).resolve().parent.parent / "maasctl"
-TORCH_SIDE = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib")
+TORCH_SIDE = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib", "transformers")
 # module prefix -> what it must never import. The serving side (serve, predict, and the layers under them) runs on a
 # box without the `train` extra; serve and predict share code only through the layers under them.
 FORBIDDEN = {

@@ -47,6 +47,8 @@ class Dataset:
 
     @property
     def vocab_size(self) -> int | None:
+        if "vocab_size" in self.preprocessing:  # a subword tokenizer's (maasctl/data/text.py)
+            return int(self.preprocessing["vocab_size"])
         if self.input_kind != "tokens":
             return None
         vocab = self.preprocessing.get("vocab")

@@ -351,9 +351,18 @@ def _text_format(cfg: Any, path: Path) -> str:
 def load_text(cfg: schema.TextData, seed: int, task: str = "auto") -> Dataset:
     path = _require_file(cfg.path, "data.path")
     fmt = _text_format(cfg, path)
-    records = _read_records(path, fmt)
+    try:
+        records = _read_records(path, fmt)
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"data.path: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8"
+        ) from None
     if not records:
         raise UsageError(f"data.path: {path} holds no records")
+    if cfg.tokenizer != "words":  # subword tokenizers: maasctl/data/text.py
+        from maasctl.data.text import load_subword_text
+
+        return load_subword_text(cfg, seed, records, path, lambda y: _three_way(y, cfg, seed))
     columns = list(records[0])
     for key, col in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
         if col not in columns:

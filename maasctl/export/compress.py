@@ -40,7 +40,7 @@ def int8_mode(meta: dict[str, Any]) -> str:
     """`static` (QDQ, calibrated) for image CNNs, `dynamic` for MLP / sequence / token models."""
     kind = meta.get("input_kind", "image")
     name = str(meta.get("model_name", "")).lower()
-    if kind in ("features", "sequence", "tokens") or any(m in name for m in DYNAMIC_MODELS):
+    if kind in ("features", "sequence", "tokens", "subword") or any(m in name for m in DYNAMIC_MODELS):
         return "dynamic"
     return "static"
 
@@ -162,14 +162,20 @@ def measure(onnx_path: Path, x: np.ndarray, y: np.ndarray, repeats: int = 30, ba
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    from maasctl.export.text_export import session_feeds
+
     logits = np.concatenate(
-        [session.run(["logits"], {"input": x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+        [
+            session.run(["logits"], session_feeds(session, x[i : i + batch_size]))[0]
+            for i in range(0, len(x), batch_size)
+        ]
     )
     predictions = logits.argmax(1)
     result: dict[str, Any] = {"accuracy": float((predictions == y).mean()), "bytes": onnx_path.stat().st_size}
     for b in LATENCY_BATCHES:
         batch = np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])) if len(x) < b else x[:b])
-        result[f"latency_ms_b{b}"] = latency_ms(lambda: session.run(["logits"], {"input": batch}), repeats)  # noqa: B023 (timed here)
+        feeds = session_feeds(session, batch)
+        result[f"latency_ms_b{b}"] = latency_ms(lambda: session.run(["logits"], feeds), repeats)  # noqa: B023 (timed here)
     result["_predictions"] = predictions
     return result
 

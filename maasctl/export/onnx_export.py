@@ -86,6 +86,8 @@ def export_run(
             )
         # The graph itself returns values in the target's units, so every client (OIP, Triton, predict) gets them.
         model, output = InTargetUnits(model, meta["target"]).eval(), "value"
+    if meta["preprocessing"].get("kind") == "subword":  # the tokenizer the model was trained with (data/text.py)
+        recipe.data._subword_spec = meta["preprocessing"]
     data = build_dataset(recipe.data, recipe.train.seed, recipe.task)
     samples = data.test.x[:PARITY_SAMPLES]
     sequence_axis = _takes_any_length(meta)
@@ -119,11 +121,16 @@ def export_run(
                 )
                 _check_onnx(onnx_path)
         manifest = _manifest(run_dir, meta, onnx_path, opset, used, diff, agreement, sequence_axis)
+        if meta["preprocessing"].get("kind") == "subword":  # the tokenizer is filed with the model
+            from maasctl.export.text_export import file_tokenizer
+
+            file_tokenizer(staged, manifest)
         if report is not None:
             manifest["metrics"] = report.pop("_metrics")  # the filed (compressed) model's own test metrics
             manifest["compression"] = report
         manifest["recipe"] = recipe.model_dump(mode="json")  # the model folder alone says how to rebuild its data
-        manifest["drift"] = _drift_statistics(data, onnx_path)
+        if data.input_kind != "subword":  # not yet for pretrained encoders' several inputs (no drift gauges)
+            manifest["drift"] = _drift_statistics(data, onnx_path)
         atomic_write_json(staged / MANIFEST, manifest)
         filed = repo.add_version(name or recipe.name, staged)
     except BaseException:
@@ -189,6 +196,8 @@ def _export_checked(
     the TorchScript exporter when dynamo fails or its graph does not match PyTorch (it mis-traces some RNN
     patterns, e.g. a sequence length baked into an Expand). Returns (exporter, max diff, top-1 agreement)."""
     attempts = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    if hasattr(model, "input_names"):  # several named inputs (pretrained text encoders): TorchScript's exporter
+        attempts = ["torchscript"]
     errors = []
     for kind in attempts:
         try:
@@ -222,6 +231,10 @@ def _export(
     sequence_axis: bool,
     output: str = "logits",
 ) -> None:
+    if hasattr(model, "input_names"):
+        from maasctl.export import text_export
+
+        return text_export.export(model, example, path, opset)
     args = (torch.from_numpy(example),)
     names = {"input_names": ["input"], "output_names": [output], "opset_version": opset, "external_data": False}
     # The exporters print progress on stdout; keep stdout for --json.
@@ -254,6 +267,10 @@ def _parity(
     shows only when the size changes), and for sequence models also at a shorter sequence length."""
     import onnxruntime as ort
 
+    if hasattr(model, "input_names"):
+        from maasctl.export import text_export
+
+        return text_export.parity(model, onnx_path, samples)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs = [samples]
     if sequence_axis and samples.shape[1] >= 4:

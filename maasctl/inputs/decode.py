@@ -45,10 +45,15 @@ def load_source(source: Source, model_input: ModelInput) -> list[Sample | Proble
     return _split_batch(source.name, _read_array(source), model_input)
 
 
-def stack_samples(batch: list[Sample], model_input: ModelInput) -> np.ndarray:
-    """One input tensor for a batch; images are normalised together (per image it costs 50 µs more).
+def stack_samples(batch: list[Sample], model_input: ModelInput) -> Any:
+    """One input tensor for a batch; images are normalised together (per image it costs 50 µs more); subword texts
+    become the model's named inputs, padded to the batch's longest text (a dict).
 
     Raises ValueError when the samples' shapes differ (a model with dynamic dimensions)."""
+    if model_input.kind == "subword":
+        from maasctl.preprocess import SubwordEncoder
+
+        return SubwordEncoder(model_input.preprocessing).pad([s.tensor for s in batch])  # type: ignore[arg-type]
     tensors = [s.tensor for s in batch]
     images = [i for i, s in enumerate(batch) if s.image]
     if images:
@@ -60,12 +65,31 @@ def stack_samples(batch: list[Sample], model_input: ModelInput) -> np.ndarray:
     return np.stack(tensors)
 
 
-def stack_batches(samples: list[Sample], model_input: ModelInput) -> list[tuple[list[Sample], np.ndarray]]:
-    """One tensor for all samples; one per sample when their shapes differ (a model with dynamic dimensions)."""
+def stack_batches(samples: list[Sample], model_input: ModelInput) -> list[tuple[list[Sample], Any]]:
+    """One tensor for all samples; one per sample when their shapes differ (a model with dynamic dimensions).
+    Subword texts: batches of TEXT_BATCH texts of similar length (`by_length`), in that order, not the input order."""
+    if model_input.kind == "subword":
+        return [(b, stack_samples(b, model_input)) for b in by_length(samples, TEXT_BATCH)]
     try:
         return [(samples, stack_samples(samples, model_input))]
     except ValueError:
         return [([s], stack_samples([s], model_input)) for s in samples]
+
+
+TEXT_BATCH = 32  # texts per batch where a server or predict sorts them by length
+
+
+def by_length(samples: list[Sample], size: int) -> list[list[Sample]]:
+    """Samples in batches of `size`, sorted by token count, so that one long text pads only the batch of the long
+    ones (padding is to each batch's longest). Callers restore the input order (`in_input_order`)."""
+    ranked = sorted(samples, key=lambda s: s.tensor.shape[-1])
+    return [ranked[i : i + size] for i in range(0, len(ranked), size)]
+
+
+def in_input_order(samples: list[Sample], done: list[tuple[Sample, Any]]) -> list[Any]:
+    """The results of `done` (sample, result) pairs in the order of `samples`."""
+    rank = {id(s): i for i, s in enumerate(samples)}
+    return [r for _, r in sorted(done, key=lambda pair: rank[id(pair[0])])]
 
 
 def load_all(sources: list[Source], model_input: ModelInput) -> tuple[list[Sample], list[Problem]]:
@@ -183,6 +207,8 @@ def _npz_array(name: str, raw: bytes) -> np.ndarray:
 
 
 def _split_batch(name: str, array: np.ndarray, model_input: ModelInput) -> list[Sample | Problem]:
+    if model_input.kind == "subword":  # several input tensors: an infer request carries them, not one array
+        raise UsageError(f"{name}: {model_input.takes()}; its tensors (input_ids, attention_mask...) go to /infer")
     want = model_input.sample_shape
     if model_input.dtype.kind in "iu" and array.dtype.kind == "f":  # token ids: never truncate 1.7 to 1 quietly
         raise UsageError(f"{name}: the model takes whole numbers ({model_input.dtype}); the tensor holds {array.dtype}")
@@ -220,8 +246,8 @@ def _json_samples(source: Source, model_input: ModelInput) -> list[Sample | Prob
         return _split_batch(name, _v2_request_array(name, raw, model_input), model_input)
     if isinstance(doc, dict) and "texts" in doc:
         texts = doc["texts"]
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise UsageError(f'{name}: "texts" must be a list of strings')
+        if not isinstance(texts, list) or not all(isinstance(t, str) or _is_pair(t) for t in texts):
+            raise UsageError(f'{name}: "texts" must be a list of strings (or of [text, text pair] lists)')
         _check_kind(name, "texts", "text", model_input)
         return _text_samples(source, texts, model_input)
     if isinstance(doc, dict) and "rows" in doc:
@@ -267,8 +293,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _is_pair(t: Any) -> bool:
+    return isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t)
+
+
 def _check_kind(name: str, what: str, kind: str, model_input: ModelInput) -> None:
-    if model_input.kind != kind:
+    if model_input.kind != kind and not (kind == "text" and model_input.kind == "subword"):
         raise UsageError(f"{name}: {what} are inputs for {kind} models, but {model_input.takes()}")
 
 
@@ -314,11 +344,12 @@ def _read_texts(source: Source, model_input: ModelInput) -> list[str]:
         texts = [line for line in _text(source).splitlines() if line.strip()]
     else:
         column = recipe_data(model_input.manifest).get("text_column") or "text"
+        pair = recipe_data(model_input.manifest).get("text_pair_column")
         texts = []
         for i, record in enumerate(read_jsonl_records(source)):
             if not isinstance(record, dict) or not isinstance(record.get(column), str):
                 raise UsageError(f"{name}[{i}]: each JSON line needs a string {column!r} (the model's text column)")
-            texts.append(record[column])
+            texts.append([record[column], str(record.get(pair) or "")] if pair else record[column])
     return texts
 
 
@@ -328,7 +359,32 @@ def _text_samples(source: Source, texts: list[str], model_input: ModelInput) -> 
     name = source.name
     if not texts:
         raise UsageError(f"{name}: no texts in it")
+    if model_input.kind == "subword":
+        return _subword_samples(source, texts, model_input)
     ids = TextEncoder(model_input.preprocessing)(texts).astype(model_input.dtype, copy=False)
     if source.kind == "text":  # a --text literal, named --text[i]
         return [Sample(name, TEXT_NAME, int(name[len(TEXT_NAME) + 1 : -1]), ids[0])]
     return [Sample(f"{name}[{i}]", name, i, row) for i, row in enumerate(ids)]
+
+
+def _subword_samples(source: Source, texts: list[Any], model_input: ModelInput) -> list[Sample | Problem]:
+    """Each text's token ids and type ids (2, L), cut at the model's max_len as training cut them; an empty text is
+    a problem of its own (the model never saw one: training drops blank texts)."""
+    from maasctl.preprocess import SubwordEncoder
+
+    name, spec = source.name, model_input.preprocessing or {}
+    names = [source.name] if source.kind == "text" else [f"{name}[{i}]" for i in range(len(texts))]
+    firsts = [t[0] if isinstance(t, list) else t for t in texts]
+    good = [i for i, t in enumerate(firsts) if t.strip()]
+    out: list[Sample | Problem] = [
+        Problem(names[i], f"{names[i]}: an empty text") for i, t in enumerate(firsts) if not t.strip()
+    ]
+    if good:
+        pairs = [texts[i][1] if isinstance(texts[i], list) else "" for i in good] if spec.get("pair") else None
+        rows = SubwordEncoder(spec).encode([firsts[i] for i in good], pairs)
+        for i, row in zip(good, rows):
+            if source.kind == "text":
+                out.append(Sample(name, TEXT_NAME, int(name[len(TEXT_NAME) + 1 : -1]), row))
+            else:
+                out.append(Sample(names[i], name, i, row))
+    return out

@@ -42,7 +42,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """The model's single input, as the manifest (local) or the server (remote) describes it."""
+    """The model's input, as the manifest (local) or the server (remote) describes it: one tensor, or for subword
+    text models the several the tokenizer's output fills (input_ids, attention_mask, token_type_ids)."""
 
     name: str
     shape: tuple[int, ...]  # batch axis first; -1 where any size goes
@@ -53,6 +54,11 @@ class ModelInput:
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ModelInput:
         inputs = manifest.get("inputs") or []
+        spec = manifest.get("preprocessing") or {}
+        if spec.get("kind") == "subword" and inputs:
+            if "tokenizer_json" not in spec:
+                raise Unavailable("the model's tokenizer is not loaded (load the model with maasctl.runtime)")
+            return cls(inputs[0]["name"], (-1, -1), np.dtype(np.int64), spec, manifest)
         if len(inputs) != 1:
             raise Unavailable(f"predict needs a model with exactly one input; this one has {len(inputs)}")
         spec = inputs[0]
@@ -69,7 +75,7 @@ class ModelInput:
 
     @property
     def kind(self) -> str | None:
-        """image | tabular | text, from the preprocessing; None for a model that takes tensors only."""
+        """image | tabular | text | subword, from the preprocessing; None for a model that takes tensors only."""
         return (self.preprocessing or {}).get("kind")
 
     def describe_shape(self) -> str:
@@ -82,6 +88,8 @@ class ModelInput:
         if self.kind == "tabular":
             columns = ", ".join(self.preprocessing["columns"])  # type: ignore[index]
             return f"the model takes CSV rows with columns {columns} (or .npy/.npz/.json tensors)"
+        if self.kind == "subword":
+            return 'the model takes texts: .txt (one per line), .jsonl, --text, or JSON {"texts": [...]}'
         if self.kind == "text":
             return "the model takes texts: .txt (one per line), .jsonl, or --text (or .npy/.npz/.json token tensors)"
         return f"the model takes .npy/.npz/.json tensors of shape {self.describe_shape()}"

@@ -84,7 +84,7 @@ def _field_text(part: Part, manifest: dict[str, Any]) -> tuple[str, str]:
     field = part.field or "text"
     if field == "top_k":
         raise UsageError("top_k is a query parameter: POST .../predict?top_k=3")
-    if (manifest.get("preprocessing") or {}).get("kind") != "text":
+    if (manifest.get("preprocessing") or {}).get("kind") not in ("text", "subword"):
         raise UsageError(
             f"form field {field!r} holds a value, not a file: upload files with curl -F {field}=@PATH (the @)"
         )

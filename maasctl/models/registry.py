@@ -5,6 +5,7 @@ token inputs `vocab_size` — plus the recipe's `model.params` as keyword argume
 input kinds it accepts, so a model and a dataset that do not fit get a clear error, not a shape mismatch.
 
 Input kinds: "image" float32 (C,H,W) · "features" float32 (F,) · "sequence" float32 (T,F) · "tokens" int64 (T,)
+· "subword" int64 (3,T): token ids, token type ids, attention mask (pretrained encoders, maasctl/models/hf.py)
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 from maasctl.errors import UsageError, did_you_mean
 
-INPUT_KINDS = ("image", "features", "sequence", "tokens")
-DATA_ARGS = ("input_shape", "num_classes", "vocab_size")
+INPUT_KINDS = ("image", "features", "sequence", "tokens", "subword")
+DATA_ARGS = ("input_shape", "num_classes", "vocab_size", "config")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def create_model(
     num_classes: int,
     input_kind: str = "image",
     vocab_size: int | None = None,
+    config: dict[str, Any] | None = None,
     **params: Any,
 ):
     entry = get_model_entry(name)
@@ -93,8 +95,10 @@ def create_model(
             f"model.params: {name} does not take {', '.join(map(repr, unknown))}; it takes: {', '.join(entry.params) or 'nothing'}"
         )
     data_args: dict[str, Any] = {"input_shape": tuple(input_shape), "num_classes": num_classes}
-    if input_kind == "tokens":
+    if input_kind in ("tokens", "subword"):
         data_args["vocab_size"] = vocab_size
+    if config is not None:  # a pretrained encoder's architecture, saved with its checkpoint (models/hf.py)
+        data_args["config"] = config
     return entry.factory(**data_args, **params)
 
 
@@ -111,5 +115,6 @@ def build_model_from_meta(meta: dict[str, Any], *, weights_follow: bool = False)
         num_classes=meta["num_classes"],
         input_kind=meta.get("input_kind", "image"),
         vocab_size=meta.get("vocab_size"),
+        config=meta.get("hf_config") if weights_follow else None,
         **params,
     )

@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from maasctl.errors import EXIT_UNAVAILABLE, MaasctlError, UsageError
-from maasctl.inputs.decode import load_source, stack_samples
+from maasctl.inputs.decode import by_length, in_input_order, load_source, stack_samples
 from maasctl.inputs.outputs import Prediction, is_regression, label_batch, model_labels, value_batch
 from maasctl.inputs.types import ModelInput, Problem, Sample, Source
 from maasctl.predict.inputs import expand_inputs
 from maasctl.predict.targets import Target
+
+TEXT_WINDOW = 8  # batches of texts read before sorting them by length (memory: a few batches of token ids)
 
 
 @dataclass
@@ -53,10 +55,33 @@ def run_predictions(
     outcome, pending = Outcome(), []
     items = list(items)
     ahead = _ReadAhead(items, model_input, limit=batch_size if _usable_cpus() > 1 else 0)
+    # subword texts are sorted by length within a window of TEXT_WINDOW batches
+    window = batch_size * (TEXT_WINDOW if model_input.kind == "subword" else 1)
 
     def problem(p: Problem) -> None:
         outcome.problems.append(p)
         on_problem(p)
+
+    def flush_window(window: list[Sample], position: int) -> bool:
+        """Subword texts: the window's batches by length (one long text pads only its own batch), predictions
+        back in input order. Other inputs: one batch."""
+        if model_input.kind != "subword":
+            return flush(window, position)
+        done: list[tuple[Sample, Prediction]] = []
+        ok = True
+        for b in by_length(window, batch_size):
+            before = len(outcome.predictions)
+            ok = flush(b, position)
+            left = list(b)  # pair each prediction with its sample (a rejected batch has none)
+            for p in outcome.predictions[before:]:
+                s = next(s for s in left if s.name == p.input)
+                left.remove(s)
+                done.append((s, p))
+            del outcome.predictions[before:]
+            if not ok:
+                break
+        outcome.predictions += in_input_order(window, done)
+        return ok
 
     def flush(batch: list[Sample], position: int) -> bool:
         """Predict one batch; False when the target failed for good. `position`: the last item read so far."""
@@ -93,16 +118,16 @@ def run_predictions(
                         pending.append(loaded)
             except UsageError as exc:
                 problem(Problem(item.name, str(exc)))
-            while len(pending) >= batch_size:
-                if not flush(pending[:batch_size], position):
+            while len(pending) >= window:
+                if not flush_window(pending[:window], position):
                     return outcome
-                pending = pending[batch_size:]
+                pending = pending[window:]
         on_source()
         if fail_fast and outcome.problems:
             outcome.stopped = position < len(items) - 1
             break
     if pending:
-        flush(pending, len(items))  # with --fail-fast: the inputs before the bad one are still predicted
+        flush_window(pending, len(items))  # with --fail-fast: the inputs before the bad one are still predicted
     return outcome
 
 

@@ -23,7 +23,7 @@ class Target(Protocol):
     version: str | None
     where: str  # for the summary: "local (CPUExecutionProvider)", or the server's URL
 
-    def logits(self, batch: np.ndarray) -> np.ndarray: ...
+    def logits(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray: ...
 
 
 class LocalTarget:
@@ -39,9 +39,10 @@ class LocalTarget:
         self._input = self.model.inputs[0].name
         self._output = scores_output(self.manifest)
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def logits(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         try:
-            return self.model.run({self._input: batch}, [self._output])[self._output]
+            feeds = batch if isinstance(batch, dict) else {self._input: batch}  # dict: a subword model's inputs
+            return self.model.run(feeds, [self._output])[self._output]
         except Exception as exc:  # onnxruntime's own error types: the inputs did not suit the graph
             raise UsageError(f"onnxruntime could not run the batch: {exc}") from None
 
@@ -87,10 +88,10 @@ class RemoteTarget:
                 return {"inputs": meta["inputs"], "outputs": meta["outputs"], "labels": [], "name": meta.get("name")}
         raise self._failure(status, body, "GET", "/manifest")
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def logits(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         from maasctl.protocol.v2 import HEADER_LENGTH, decode_response, encode_request
 
-        body, headers = encode_request({self._input: batch}, [self._output])
+        body, headers = encode_request(batch if isinstance(batch, dict) else {self._input: batch}, [self._output])
         status, reply_headers, reply = self._request("POST", "/infer", body, headers)
         if status != 200:
             raise self._failure(status, reply, "POST", "/infer")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -115,7 +115,17 @@ class TextData(Section):
     vocab_size: int = Field(20000, ge=10, description="most frequent training tokens kept; the rest map to <unk>")
     min_freq: int = Field(1, ge=1)
     lowercase: bool = True
+    tokenizer: str = Field(
+        "words",
+        description="words: a word vocabulary from the training split; wordpiece or bpe: a subword tokenizer trained "
+        "on the training split (vocab_size, lowercase apply); otherwise a pretrained model's folder or hub id, whose "
+        "tokenizer.json is used (hf_encoder models set this from model.params.pretrained)",
+    )
+    text_pair_column: str | None = Field(None, description="a second text column, for pair classification (subword)")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    # Not a recipe key: export and evaluate set the subword preprocessing the model was trained with, so the splits
+    # are encoded with that tokenizer (trainers of `tokenizers` are not deterministic; a model folder may be gone).
+    _subword_spec: dict[str, Any] | None = PrivateAttr(None)
 
 
 DATA_SOURCES: dict[str, type[Section]] = {
@@ -154,6 +164,13 @@ class OptimizerConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     nesterov: bool = Field(False, description="SGD only: Nesterov momentum")
+    layer_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="hf_encoder: layer-wise lr decay (the head gets lr, each layer below this times the one above); "
+        "hf_encoder models also get no weight decay on biases and norms",
+    )
 
 
 class EarlyStoppingConfig(Section):
@@ -166,9 +183,9 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     seed: int = Field(0, description="seeds the split, the initial weights and the batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU")
-    schedule: Literal["cosine", "constant", "step", "onecycle"] = Field(
+    schedule: Literal["cosine", "linear", "constant", "step", "onecycle"] = Field(
         "cosine",
-        description="learning-rate schedule over all steps: cosine decay to 0; constant; step (times step_gamma "
+        description="learning-rate schedule over all steps: cosine decay to 0; linear decay to 0; constant; step (times step_gamma "
         "every step_epochs); onecycle (rise to the peak over the first 30%, then cosine down to 0)",
     )
     step_epochs: float = Field(10, gt=0, description="schedule step: epochs between learning-rate drops")
@@ -178,6 +195,9 @@ class TrainConfig(Section):
     )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    grad_accumulation: int = Field(
+        1, ge=1, le=1024, description="micro-batches whose gradients add up before each optimizer step"
+    )
     grad_clip: float | None = Field(
         None, gt=0, description="clip the gradient's global norm to this; null: no clipping"
     )
@@ -260,3 +280,15 @@ class Recipe(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _pretrained_text_uses_its_tokenizer(self) -> Recipe:
+        # A pretrained encoder reads token ids of its own tokenizer: data.tokenizer follows model.params.pretrained.
+        if self.model.name != "hf_encoder" or not isinstance(self.data, TextData):
+            return self
+        pretrained = self.model.params.get("pretrained")
+        if self.data.tokenizer in ("wordpiece", "bpe"):
+            raise ValueError(f"data.tokenizer {self.data.tokenizer}: hf_encoder reads its pretrained model's tokenizer")
+        if self.data.tokenizer == "words" and pretrained:
+            self.data.tokenizer = str(pretrained)
+        return self

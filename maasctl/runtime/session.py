@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from maasctl.errors import Unavailable, UsageError
-from maasctl.repository import ModelVersion, verify_onnx
+from maasctl.repository import ModelVersion, attach_tokenizer, verify_onnx
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -82,6 +82,7 @@ def load_model(
     manifest = model.manifest()
     if verify:
         verify_onnx(model.path, manifest)
+    manifest = attach_tokenizer(model.path, manifest, verify)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if not allow_spinning:

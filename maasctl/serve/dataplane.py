@@ -10,11 +10,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from maasctl import __version__
 from maasctl.errors import MaasctlError, UsageError
-from maasctl.inputs.decode import load_all, stack_batches
+from maasctl.inputs.decode import in_input_order, load_all, stack_batches
 from maasctl.inputs.outputs import is_regression, label_batch, model_labels, scores_output, value_batch
 from maasctl.inputs.types import ModelInput, Sample, Source
 from maasctl.protocol.errors import InvalidInput
@@ -110,20 +108,22 @@ class DataPlane:
                 spec = ModelInput.from_manifest(model.manifest)
             except MaasctlError as exc:
                 raise InvalidInput(f"model {name!r} version {model.version} does not take uploads: {exc}") from None
-            work = await asyncio.to_thread(_batches, upload.sources, spec)
+            samples, work = await asyncio.to_thread(_batches, upload.sources, spec)
             output, labels = scores_output(model.manifest), model_labels(model.manifest)
-            predictions = []
+            done = []
             for batch, x in work:
-                logits = (await served.batcher.infer({spec.name: x}))[output]
+                logits = (await served.batcher.infer(x if isinstance(x, dict) else {spec.name: x}))[output]
                 if logits.ndim != 2 or len(logits) != len(batch):
                     raise InvalidInput(
                         f"model {name!r} does not give class scores (its output has shape {list(logits.shape)} "
                         f"for {len(batch)} inputs); use /infer"
                     )
                 if is_regression(model.manifest):  # values in the target's units, as `maasctl predict` prints them
-                    predictions += [p.to_json() for p in value_batch(batch, logits)]
+                    answered = value_batch(batch, logits)
                 else:
-                    predictions += [p.to_json() for p in label_batch(batch, logits, labels, upload.top_k)]
+                    answered = label_batch(batch, logits, labels, upload.top_k)
+                done += zip(batch, (p.to_json() for p in answered))
+            predictions = in_input_order(samples, done)  # texts ran in batches by length
             return {"model_name": model.name, "model_version": str(model.version), "predictions": predictions}
 
     async def infer_decoded(
@@ -186,7 +186,7 @@ ReadUpload = Callable[[dict[str, Any]], Awaitable[Upload]]  # the model's manife
 SHOWN_PROBLEMS = 3  # problems named in one error message; the rest are counted
 
 
-def _batches(sources: list[Source], spec: ModelInput) -> list[tuple[list[Sample], np.ndarray]]:
+def _batches(sources: list[Source], spec: ModelInput) -> tuple[list[Sample], list[tuple[list[Sample], Any]]]:
     """The inputs decoded and stacked (CPU work: run in a thread), or 400 naming each input that cannot be used."""
     samples, problems = load_all(sources, spec)
     if problems:
@@ -195,7 +195,7 @@ def _batches(sources: list[Source], spec: ModelInput) -> list[tuple[list[Sample]
         raise InvalidInput(shown + (f" (and {more} more problem{'s' * (more > 1)})" if more > 0 else ""))
     if not samples:
         raise InvalidInput("no inputs in the request")
-    return stack_batches(samples, spec)
+    return samples, stack_batches(samples, spec)
 
 
 def _reason(exc: Exception) -> str:

@@ -104,12 +104,13 @@ class Trainer:
         }
         self.accel: Accel = resolve_accel(cfg, self.device, input_ndim=1 + len(self.data.input_shape))
         self.model = build_model_from_meta(self.meta).to(self.device)
+        self.meta.update(getattr(self.model, "meta_extra", {}))  # e.g. a pretrained encoder's config, for export
         if self.accel.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _make_optimizer(recipe, self.model)
         self.batch_size = ddp.per_rank_batch(cfg.batch_size, self.dist)  # train.batch_size is the global batch
         samples_per_rank = math.ceil(len(self.data.train.y) / self.dist.world_size)
-        steps_per_epoch = math.ceil(samples_per_rank / self.batch_size)
+        steps_per_epoch = math.ceil(math.ceil(samples_per_rank / self.batch_size) / cfg.grad_accumulation)
         self.scheduler = _make_scheduler(
             recipe,
             self.optimizer,
@@ -201,19 +202,21 @@ class Trainer:
     def _train_epoch(self, shuffle: torch.Generator) -> tuple[float, float]:
         """One pass over this rank's shard of the training split; over all ranks, the mean loss and the mean of the
         task's per-sample figure (right answers, or absolute errors for regression)."""
-        device, accel = self.device, self.accel
+        cfg, device, accel = self.recipe.train, self.device, self.accel
         train = self._feed("train")
         self.train_model.train()
         order = ddp.shard(torch.randperm(train.n, generator=shuffle), self.dist)
         # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)  # right answers, or |errors| (regression)
-        for x, y in train.batches(self.batch_size, order):  # from the device, or copied over from host memory
+        batches = math.ceil(len(order) / self.batch_size)
+        for i, (x, y) in enumerate(train.batches(self.batch_size, order)):  # on the device, or copied from the host
             x = accel.input(augment_batch(x, self.data.augment))
             with accel.autocast():
                 logits = self.train_model(x)
                 loss = self.objective.loss(logits, y)
-            self._step(loss)
+            # train.grad_accumulation: step after every k micro-batches, and after the epoch's last
+            self._step(loss, step=(i + 1) % cfg.grad_accumulation == 0 or i + 1 == batches)
             loss_sum.add_(loss.detach(), alpha=len(y))
             correct.add_(self.objective.batch_sum(logits, y))
         # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
@@ -221,15 +224,18 @@ class Trainer:
         train_loss, train_correct, total = ddp.all_sum(torch.stack([loss_sum, correct, seen])).tolist()
         return train_loss / total, train_correct / total
 
-    def _step(self, loss: torch.Tensor) -> None:
+    def _step(self, loss: torch.Tensor, step: bool = True) -> None:
         cfg, optimizer, scaler = self.recipe.train, self.optimizer, self.scaler
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # under DDP, gradients are averaged across ranks during backward
+        # under DDP, gradients are averaged across ranks during backward; micro-batches add theirs up
+        scaler.scale(loss / cfg.grad_accumulation).backward()
+        if not step:
+            return
         if cfg.grad_clip:
             scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         scaler.step(optimizer)  # skipped when fp16 gradients overflowed
         scaler.update()
+        optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
     def _validate(self, epoch: int, train_loss: float, train_figure: float, started: float) -> dict[str, Any]:
@@ -409,6 +415,8 @@ def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optim
             model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
         )
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    if hasattr(model, "param_groups"):  # pretrained encoders: no decay on biases/norms, layer-wise lr decay
+        return cls(model.param_groups(o.lr, o.weight_decay, o.layer_decay), lr=o.lr, weight_decay=o.weight_decay)
     return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
@@ -432,6 +440,8 @@ def _make_scheduler(
             return 1.0
         if cfg.schedule == "step":
             return cfg.step_gamma ** ((step - warmup_steps) // step_size)
+        if cfg.schedule == "linear":
+            return max(0.0, 1 - (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

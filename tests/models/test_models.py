@@ -27,7 +27,23 @@ from maasctl.models.registry import get_model_entry
 NUM_CLASSES = 5
 VOCAB = 50
 # One sample's shape per input kind; the first is the one trained and exported.
-SHAPES = {"image": [(3, 32, 32), (1, 8, 8)], "features": [(13,)], "sequence": [(12, 5)], "tokens": [(12,)]}
+SHAPES = {
+    "image": [(3, 32, 32), (1, 8, 8)],
+    "features": [(13,)],
+    "sequence": [(12, 5)],
+    "tokens": [(12,)],
+    "subword": [(3, 12)],  # packed token ids, token type ids, attention mask (maasctl/models/hf.py)
+}
+# Subword models (pretrained encoders) are built here from a tiny BERT config, with no weights to read.
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 50,
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 32,
+}
 # Settings besides the defaults that take another code path: the padding-aware backward direction, "last" pooling.
 VARIANTS = {
     "lstm": [{"bidirectional": True, "layers": 2, "pool": "last"}],
@@ -76,8 +92,15 @@ def _build(
     seed: int = 0,
 ):
     torch.manual_seed(seed)
+    config = TINY_BERT if kind == "subword" else None
     return create_model(
-        name, input_shape=shape, num_classes=num_classes, input_kind=kind, vocab_size=VOCAB, **(params or {})
+        name,
+        input_shape=shape,
+        num_classes=num_classes,
+        input_kind=kind,
+        vocab_size=VOCAB,
+        config=config,
+        **(params or {}),
     )
 
 
@@ -90,6 +113,12 @@ def _inputs(kind: str, shape: tuple[int, ...], batch: int, length: int | None = 
         ids = torch.randint(1, VOCAB, size, generator=g)
         ids[0, size[1] // 2 :] = 0  # one row padded at the end, as text data comes
         return ids
+    if kind == "subword":  # (batch, 3, T): ids, type ids, mask; one row padded at the end
+        packed = torch.zeros(size, dtype=torch.int64)
+        packed[:, 0] = torch.randint(1, VOCAB, (batch, size[2]), generator=g)
+        packed[:, 2] = 1
+        packed[0, :, size[2] // 2 :] = 0
+        return packed
     return torch.randn(size, generator=g)
 
 
@@ -208,6 +237,13 @@ def test_onnx_export_matches_pytorch(name, kind, shape, params, tmp_path):
 
     model = _build(name, kind, shape, params)
     _make_outputs_informative(model, _inputs(kind, shape, batch=8, seed=3))
+    if kind == "subword":  # several named inputs: maasctl's text export and its parity check (two lengths, batches)
+        from maasctl.export import text_export
+
+        text_export.export(model.eval(), _inputs(kind, shape, batch=2).numpy(), tmp_path / "model.onnx", 18)
+        diff, agreement, scale = text_export.parity(model, tmp_path / "model.onnx", _inputs(kind, shape, 6).numpy())
+        assert diff <= 1e-4 * scale and agreement == 1.0
+        return
     sequence_axis = kind in ("sequence", "tokens") and _variable_length(name)
     path = tmp_path / "model.onnx"
     export_onnx(model, _inputs(kind, shape, batch=2), path, EXPORTER.get(name, "dynamo"), sequence_axis)
@@ -286,10 +322,15 @@ def test_padding_does_not_change_predictions(name, kind, shape, params):
 # --- pretrained ----------------------------------------------------------------------------------------------
 
 
+def _takes_weights_file(name: str) -> bool:
+    """`pretrained` as a state_dict file; hf_encoder's names a model folder (tests/models/test_hf_text.py)."""
+    return "pretrained" in get_model_entry(name).params and "subword" not in get_model_entry(name).inputs
+
+
 def _pretrained_cases():
     out = []
     for name in list_models():
-        if "pretrained" in get_model_entry(name).params:
+        if _takes_weights_file(name):
             marks = [slow] if name in SLOW_FILE else []
             out.append(pytest.param(name, marks=marks, id=name))
     return out
@@ -319,9 +360,7 @@ def test_pretrained_state_dict_round_trip(name, tmp_path):
         torch.testing.assert_close(v, fresh[k] if k in head else saved[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in list_models() if "pretrained" in get_model_entry(n).params and n not in SLOW_FILE]
-)
+@pytest.mark.parametrize("name", [n for n in list_models() if _takes_weights_file(n) and n not in SLOW_FILE])
 def test_pretrained_problems_are_usage_errors_naming_the_file(name, tmp_path):
     shape = SHAPES["image"][-1]
     missing = tmp_path / "nowhere.pt"
