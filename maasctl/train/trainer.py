@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,10 +34,25 @@ from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
 from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
 from maasctl.train.plots import plot_confusion, plot_curves
+from maasctl.train.progress import DataClock
 from maasctl.train.rundir import check_resumable  # noqa: F401  (re-exported: its home was here)
+from maasctl.train.streaming import StreamFeed, auto_workers, is_streamed, mix_batch, train_transform
 
-METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
+METRICS_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "seconds",
+    "data_wait_seconds",
+    "compute_seconds",
+]
 EpochCallback = Callable[[dict[str, Any], int], None]
+StepCallback = Callable[[int, int, int, float], None]  # (step, steps in the epoch, samples so far, loss)
+DATA_WAIT_HINT = 1 / 3  # above this share of the epoch spent waiting for batches, the log suggests more workers
 
 
 @dataclass
@@ -114,10 +130,18 @@ class Trainer:
         self.scaler = self.accel.grad_scaler()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes repeat every step: let cuDNN time its algorithms once
-        # Where each split lives (train.data_placement): on the device, or in host memory when it would not fit.
-        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
-        split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
-        self.placement: dict[str, Placement] = choose_placement(cfg.data_placement, self.device.type, split_bytes, free)
+        # Where each split lives (train.data_placement): on the device, or in host memory when it would not fit;
+        # image files are streamed from disk by DataLoader workers whatever the placement.
+        self.streamed = is_streamed(self.data.train)
+        self.workers = _resolve_workers(cfg.data_workers, self.streamed, self.dist)
+        if self.streamed:
+            why = f"decoded by {self.workers} DataLoader worker(s) per process"
+            self.placement: dict[str, Placement] = {s: Placement("stream", why) for s in SPLITS}
+        else:
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+            split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
+            self.placement = choose_placement(cfg.data_placement, self.device.type, split_bytes, free)
+        self.mix = mix_batch(self.data.augment, self.data.num_classes)  # batch-level MixUp/CutMix, or None
         self._feeds: dict[str, SplitFeed] = {}
         self.log: Callable[[str], None] = _log_stderr  # rank 0's one-line notes (the data placement)
 
@@ -142,19 +166,59 @@ class Trainer:
         """Run `fn` on rank 0 only (e.g. create the run folder) and hand its result to every rank."""
         return ddp.on_main(fn)
 
-    def _feed(self, split: str) -> SplitFeed:
+    def _feed(self, split: str) -> SplitFeed | StreamFeed:
         """A split's batches on the device; a device-placed split is copied there once per run (not once per epoch)."""
         if split not in self._feeds:
-            where, workers = self.placement[split].where, self.recipe.train.data_workers
-            self._feeds[split] = SplitFeed(
-                getattr(self.data, split), self.device, where, workers=workers, prepare=self.accel.input
-            )
+            if self.streamed:
+                self._feeds[split] = self._stream_feed(split)
+            else:
+                self._feeds[split] = SplitFeed(
+                    getattr(self.data, split),
+                    self.device,
+                    self.placement[split].where,
+                    workers=self.workers,
+                    prepare=self.accel.input,
+                )
         return self._feeds[split]
+
+    def _stream_feed(self, split: str) -> StreamFeed:
+        """Image files decoded by workers: the training split's persist across epochs and augment; evaluation's
+        start per pass (they run for seconds an epoch) and decode exactly as serving does."""
+        training = split == "train"
+        data = self.data
+        return StreamFeed(
+            getattr(data, split),
+            self.device,
+            workers=self.workers,
+            transform=train_transform(data.augment, data.preprocessing) if training else None,
+            persistent=training,
+            seed=self.recipe.train.seed + 1000 * self.dist.rank,
+            max_batch=self.batch_size,
+            prepare=self.accel.input,
+        )
+
+    def data_note(self) -> str:
+        """Where the data lives, for the log and summary.json."""
+        if not self.streamed:
+            return describe(self.placement, self.device)
+        extra = self.data.extra
+        return (
+            f"data: streamed from image files, {self.placement['train'].why}; "
+            f"{len(extra.get('skipped', []))} unreadable file(s) skipped, {extra.get('ignored_files', 0)} non-image "
+            "file(s) ignored"
+        )
 
     def close(self) -> None:
         ddp.destroy_process_group()
 
-    def fit(self, run_dir: Path, *, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
+    def fit(
+        self,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        on_epoch: EpochCallback | None = None,
+        on_step: StepCallback | None = None,
+    ) -> TrainResult:
         recipe, cfg, data, device, accel, env = (
             self.recipe,
             self.recipe.train,
@@ -187,9 +251,11 @@ class Trainer:
             start_epoch, best, history, stale = ckpt["epoch"], ckpt["best"], ckpt["history"], ckpt["stale_epochs"]
         if env.is_main:
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))  # on resume: the new epochs/device
-            self.log(describe(self.placement, device))  # where the data lives, and why (train.data_placement)
+            self.log(self.data_note())  # where the data lives, and why (train.data_placement)
+            _write_skipped(run_dir, data.extra.get("skipped") or [])
         train = self._feed("train")
         writer = BackgroundWriter()
+        in_memory_augment = None if self.streamed else data.augment  # streamed images are augmented by workers
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
             train_model.train()
@@ -197,11 +263,15 @@ class Trainer:
             # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
-            for x, y in train.batches(self.batch_size, order):  # from the device, or copied over from host memory
-                x = accel.input(augment_batch(x, data.augment))
+            clock = DataClock(math.ceil(len(order) / self.batch_size), on_step)
+            for x, y in clock.wrap(train.batches(self.batch_size, order)):  # time spent waiting for each batch
+                x = accel.input(augment_batch(x, in_memory_augment))
+                target = y
+                if self.mix is not None:
+                    x, target = self.mix(x, y)  # soft targets: cross_entropy takes class probabilities too
                 with accel.autocast():
                     logits = train_model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()  # under DDP, gradients are averaged across ranks during backward
                 if cfg.grad_clip:
@@ -212,6 +282,7 @@ class Trainer:
                 scheduler.step()
                 loss_sum.add_(loss.detach(), alpha=len(y))
                 correct.add_((logits.argmax(1) == y).sum())
+                clock.step_done(len(y), loss)
             # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
             totals = ddp.all_sum(
                 torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)])
@@ -229,7 +300,14 @@ class Trainer:
                     "val_macro_f1": val["macro_f1"],
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": time.perf_counter() - started,
+                    "data_wait_seconds": clock.wait,
+                    "compute_seconds": clock.compute,
                 }
+                if clock.wait > DATA_WAIT_HINT * clock.total:
+                    self.log(
+                        f"epoch {epoch + 1}: training waited for data {clock.wait:.1f}s of {clock.total:.1f}s; "
+                        f"more DataLoader workers may help (train.data_workers, now {self.workers})"
+                    )
             row = ddp.broadcast(row)
             history.append(row)
             score = _score(row, cfg.best_metric)
@@ -293,7 +371,12 @@ class Trainer:
             # what this (last) session actually used, after resolving auto settings
             **self.accel.describe(),
             "data_placement": {split: p.where for split, p in self.placement.items()},
-            "data_placement_note": describe(self.placement, device),
+            "data_placement_note": self.data_note(),
+            "data_workers": self.workers,
+            "data_wait_seconds": sum(r.get("data_wait_seconds", 0.0) for r in history),
+            "compute_seconds": sum(r.get("compute_seconds", 0.0) for r in history),
+            "skipped_files": len(data.extra.get("skipped") or []),
+            "ignored_files": data.extra.get("ignored_files", 0),
             "world_size": self.dist.world_size,
             "batch_size_per_process": self.batch_size,
             "epochs": len(history),
@@ -383,6 +466,26 @@ def _restore_rng(saved: dict[str, Any], env: ddp.DistEnv, device: torch.device, 
         torch.cuda.set_rng_state(mine["cuda"], device)
     if mine is saved and env.rank:  # resumed with another process count: give the new ranks streams of their own
         torch.manual_seed(seed + env.rank)
+
+
+def _resolve_workers(requested: int | str, streamed: bool, env: ddp.DistEnv) -> int:
+    """train.data_workers: auto = the cores shared among this node's processes (≤ 8) for streamed images, 0 for
+    in-memory splits (slicing a tensor is faster in the training process than sending it from a worker)."""
+    if requested != "auto":
+        return int(requested)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    return auto_workers(local) if streamed else 0
+
+
+def _write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    """skipped.csv: each unreadable image file left out of the run, and why."""
+    if not skipped:
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "reason"])
+    writer.writerows(skipped)
+    atomic_write_text(run_dir / "skipped.csv", buf.getvalue())
 
 
 def _log_stderr(message: str) -> None:
