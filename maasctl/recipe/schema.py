@@ -215,6 +215,36 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0, description="smallest change of the best metric that counts as improvement")
 
 
+class FinetuneConfig(Section):
+    """Adapting pretrained weights (model.params.pretrained): which layers learn, and how fast."""
+
+    freeze_backbone_epochs: int | Literal["all"] = Field(
+        0,
+        description="train only the classifier head for this many epochs, then everything; all: never unfreeze (a "
+        "linear probe); 0: no freezing",
+    )
+    head_lr: float | None = Field(
+        None, gt=0, description="peak learning rate of the classifier head; null: as the rest"
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay (timm models): each layer below the head learns at this factor "
+        "times the layer above; null: one rate",
+    )
+    freeze_bn: bool = Field(
+        True, description="BatchNorm running statistics of frozen layers stay as loaded while they are frozen"
+    )
+
+    @field_validator("freeze_backbone_epochs")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("Input should be 0 or more, or all")
+        return value
+
+
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
@@ -239,6 +269,7 @@ class TrainConfig(Section):
         "val_accuracy", description="picks best.pt and drives early stopping (ties on accuracy/F1 go to lower loss)"
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     # How training runs, not what it trains: these may change on --resume. Explicit values are honoured or refused
     # (never silently ignored); auto picks what is fast and safe on the device.
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(

@@ -32,6 +32,7 @@ from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train import distributed as ddp
 from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
+from maasctl.train.finetune import Finetune, optimizer_groups, with_model_defaults
 from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
 from maasctl.train.plots import plot_confusion, plot_curves
 from maasctl.train.progress import DataClock
@@ -95,6 +96,7 @@ class Trainer:
     """
 
     def __init__(self, recipe: Recipe) -> None:
+        recipe = with_model_defaults(recipe)  # data keys left null take the pretrained model's values (timm)
         cfg = recipe.train
         self.recipe = recipe
         self.dist = ddp.env_from_torchrun()
@@ -116,16 +118,19 @@ class Trainer:
         self.model = build_model_from_meta(self.meta).to(self.device)
         if self.accel.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = _make_optimizer(recipe, self.model)
         self.batch_size = ddp.per_rank_batch(cfg.batch_size, self.dist)  # train.batch_size is the global batch
         samples_per_rank = math.ceil(len(self.data.train.y) / self.dist.world_size)
         steps_per_epoch = math.ceil(samples_per_rank / self.batch_size)
+        # Parameter groups (head, backbone, layer-wise decay) and backbone freezing: train.finetune
+        self.finetune = Finetune(recipe, self.model, steps_per_epoch)
+        self.optimizer = _make_optimizer(recipe, optimizer_groups(self.finetune.groups))
         self.scheduler = _make_scheduler(
             recipe,
             self.optimizer,
             total_steps=cfg.epochs * steps_per_epoch,
             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
             steps_per_epoch=steps_per_epoch,
+            gates=self.finetune.gates(),
         )
         self.scaler = self.accel.grad_scaler()
         if self.device.type == "cuda":
@@ -259,6 +264,7 @@ class Trainer:
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
             train_model.train()
+            self.finetune.epoch_start(epoch)  # frozen layers keep their BatchNorm statistics
             order = ddp.shard(torch.randperm(train.n, generator=shuffle), env)
             # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -492,20 +498,25 @@ def _log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
+    """`params`: the model's parameters, or groups with their own lr / weight_decay (train.finetune)."""
     o = recipe.train.optimizer
     if o.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
 
 
 def _make_scheduler(
-    recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, steps_per_epoch: int
+    recipe: Recipe,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int,
+    steps_per_epoch: int,
+    gates: list[Callable[[int], float]] | None = None,
 ):
-    """Per-step learning-rate factor: linear warm-up, then the recipe's schedule (see TrainConfig.schedule)."""
+    """Per-step learning-rate factor: linear warm-up, then the recipe's schedule (see TrainConfig.schedule); times
+    each parameter group's gate (0 while a frozen backbone waits) when `gates` are given."""
     cfg = recipe.train
     step_size = max(1, round(cfg.step_epochs * steps_per_epoch))
 
@@ -524,6 +535,8 @@ def _make_scheduler(
             return cfg.step_gamma ** ((step - warmup_steps) // step_size)
         return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
+    if gates:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda s, g=g: factor(s) * g(s) for g in gates])
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
