@@ -270,6 +270,12 @@ class TrainConfig(Section):
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    tensorboard: bool = Field(True, description="write TensorBoard event files to the run folder's tensorboard/")
+    mlflow: bool = Field(
+        False,
+        description="log params, metrics and the run folder to MLflow (needs the mlflow package; MLFLOW_TRACKING_URI "
+        "picks the server, default ./mlruns); the environment variable MAASCTL_MLFLOW=1 turns it on too",
+    )
     # How training runs, not what it trains: these may change on --resume. Explicit values are honoured or refused
     # (never silently ignored); auto picks what is fast and safe on the device.
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(

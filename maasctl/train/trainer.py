@@ -38,6 +38,7 @@ from maasctl.train.plots import plot_confusion, plot_curves
 from maasctl.train.progress import DataClock
 from maasctl.train.rundir import check_resumable  # noqa: F401  (re-exported: its home was here)
 from maasctl.train.streaming import StreamFeed, auto_workers, is_streamed, mix_batch, train_transform
+from maasctl.train.tracking import Tracker, mlflow_wanted
 
 METRICS_COLUMNS = [
     "epoch",
@@ -147,6 +148,7 @@ class Trainer:
             split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
             self.placement = choose_placement(cfg.data_placement, self.device.type, split_bytes, free)
         self.mix = mix_batch(self.data.augment, self.data.num_classes)  # batch-level MixUp/CutMix, or None
+        self.use_mlflow = mlflow_wanted(recipe)  # asked for but not installed: refused before any file is written
         self._feeds: dict[str, SplitFeed] = {}
         self.log: Callable[[str], None] = _log_stderr  # rank 0's one-line notes (the data placement)
 
@@ -258,6 +260,11 @@ class Trainer:
             atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))  # on resume: the new epochs/device
             self.log(self.data_note())  # where the data lives, and why (train.data_placement)
             _write_skipped(run_dir, data.extra.get("skipped") or [])
+        tracker = (
+            Tracker(run_dir, recipe, tensorboard=cfg.tensorboard, mlflow=self.use_mlflow, resume=resume)
+            if env.is_main
+            else None
+        )
         train = self._feed("train")
         writer = BackgroundWriter()
         in_memory_augment = None if self.streamed else data.augment  # streamed images are augmented by workers
@@ -269,7 +276,7 @@ class Trainer:
             # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
-            clock = DataClock(math.ceil(len(order) / self.batch_size), on_step)
+            clock = DataClock(math.ceil(len(order) / self.batch_size), self._step_callback(epoch, on_step, tracker))
             for x, y in clock.wrap(train.batches(self.batch_size, order)):  # time spent waiting for each batch
                 x = accel.input(augment_batch(x, in_memory_augment))
                 target = y
@@ -309,6 +316,7 @@ class Trainer:
                     "data_wait_seconds": clock.wait,
                     "compute_seconds": clock.compute,
                 }
+                tracker.epoch(row)
                 if clock.wait > DATA_WAIT_HINT * clock.total:
                     self.log(
                         f"epoch {epoch + 1}: training waited for data {clock.wait:.1f}s of {clock.total:.1f}s; "
@@ -350,11 +358,24 @@ class Trainer:
             if cfg.early_stopping.patience and stale >= cfg.early_stopping.patience:
                 break
 
-        metrics = ddp.on_main(lambda: self._test_and_report(run_dir, history, writer))
+        metrics = ddp.on_main(lambda: self._test_and_report(run_dir, history, writer, tracker))
         return TrainResult(run_dir=run_dir, metrics=metrics)
 
+    def _step_callback(self, epoch: int, on_step: StepCallback | None, tracker: Tracker | None) -> StepCallback | None:
+        """What runs every half second within an epoch: the progress bar, the per-step tracking scalars."""
+        if on_step is None and tracker is None:
+            return None
+
+        def step(done: int, steps: int, samples: int, loss: float) -> None:
+            if on_step is not None:
+                on_step(done, steps, samples, loss)
+            if tracker is not None:
+                tracker.step(epoch * steps + done, loss, self.optimizer.param_groups[-1]["lr"])
+
+        return step
+
     def _test_and_report(
-        self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter
+        self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter, tracker: Tracker
     ) -> dict[str, Any]:
         """Test the best checkpoint; write summary.json and the pictures. Rank 0 only."""
         cfg, data, device = self.recipe.train, self.data, self.device
@@ -396,6 +417,7 @@ class Trainer:
         atomic_write_json(run_dir / "summary.json", summary)
         plot_curves(history, run_dir / "curves.png")
         plot_confusion(test["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
+        tracker.finish(metrics, run_dir / "confusion_matrix.png")
         return metrics
 
 
