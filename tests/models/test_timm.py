@@ -218,3 +218,15 @@ def test_train_export_int8_and_predict(arch, folder, tmp_path):
     pred = run_cli("predict", "m:2", str(folder / "red"), "--json", cwd=tmp_path)
     rows = json.loads(pred.stdout)
     assert len(rows["predictions"] if isinstance(rows, dict) else rows) == 10
+
+
+def test_the_fine_tuning_example_recipe_is_valid_and_resolves_from_timm():
+    from helpers import ROOT
+
+    from maasctl.recipe import load_recipe
+    from maasctl.train.finetune import with_model_defaults
+
+    path = ROOT / "recipes" / "photos_resnet50_finetune.yaml"
+    assert path.read_text().startswith("# maasctl train recipes/photos_resnet50_finetune.yaml\n")
+    r = with_model_defaults(load_recipe(path, []))
+    assert r.data.image_size == (224, 224) and r.data.interpolation == "bicubic" and r.data.crop_fraction == 0.95
