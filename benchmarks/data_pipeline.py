@@ -5,13 +5,14 @@ and fine-tuning from a related run.
     python benchmarks/data_pipeline.py speed --images 2000            # loader and training-epoch images/s vs torchvision
     python benchmarks/data_pipeline.py finetune                        # pretrained (run:A) vs scratch on dataset B
 
-memory: N generated 256x256 JPEGs in 10 class folders, `maasctl train` (mobilenet_v3_small, image_size 224, one
-epoch, train.data_workers 2) in a subprocess; the peak of the summed PSS (proportional set size: shared pages counted
+memory: N generated 256x256 JPEGs in 10 class folders, `maasctl train` (--model, default mobilenet_v3_small; image_size
+224, one epoch, train.data_workers 2) in a subprocess; the peak of the summed PSS (proportional set size: shared pages counted
 once across the processes) of the process and its DataLoader workers, sampled every 0.1 s from /proc. Target: the
-peak at 20,000 images at most 1.2x the peak at 2,000.
+peak at 20,000 images at most 1.2x the peak at 2,000. --loader-only: the same measure for maasctl's data pipeline
+alone (StreamFeed over every split, 2 workers, batches of 64, no model), which is quicker on a slow machine.
 
 speed: the same folder, the same workers (2), batch size (64), transforms (resize the shorter side to 224, centre
-crop 224, uint8, normalised after the copy) and model (mobilenet_v3_small, AdamW), in one process, alternating:
+crop 224, uint8, normalised after the copy) and model (--model, AdamW lr 3e-3, constant), in one process, alternating:
   loader   - images/s of maasctl's StreamFeed over the training split against torchvision.datasets.ImageFolder +
              DataLoader (same files);
   training - images/s of one training epoch (maasctl: Trainer.fit's data wait + compute seconds from metrics.csv;
@@ -59,15 +60,23 @@ def _jpegs(args: tuple[str, int, int]) -> None:
         Image.fromarray(base + noise).save(path, quality=90)
 
 
-def make_folder(root: Path, n: int) -> Path:
-    """n 256x256 JPEGs in 10 class folders (made once; reused when present)."""
+def make_folder(root: Path, n: int, link_from: Path | None = None) -> Path:
+    """n 256x256 JPEGs in 10 class folders (made once; reused when present). With `link_from`, a folder made before:
+    the n files are hard links to its files, in turn (each is listed, split, read and decoded as a file of its own)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    folder = root / f"jpegs{n}"
+    folder = root / f"jpegs{n}" if link_from is None else root / f"links{n}"
     if (folder / ".done").exists():
         return folder
     for c in range(10):
         (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
+    if link_from is not None:
+        sources = sorted(link_from.rglob("*.jpg"))
+        for i in range(n):
+            src = sources[i % len(sources)]
+            os.link(src, folder / src.parent.name / f"{i}.jpg")
+        (folder / ".done").touch()
+        return folder
     chunk = 500
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(_jpegs, [(str(folder), s, min(chunk, n - s)) for s in range(0, n, chunk)]))
@@ -118,20 +127,46 @@ def peak_memory(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
     return peak / 2**20, time.perf_counter() - started, proc.returncode
 
 
-def bench_memory(sizes: list[int], root: Path) -> list[dict[str, Any]]:
+LOADER_ONLY = """
+import sys, torch
+from maasctl.data import build_dataset
+from maasctl.recipe import load_recipe
+from maasctl.train.streaming import StreamFeed
+recipe = load_recipe(None, ["data.source=image_folder", "data.root=" + sys.argv[1], "data.image_size=[224,224]"])
+data = build_dataset(recipe.data, 0)
+for split in (data.train, data.validation, data.test):
+    feed = StreamFeed(split, torch.device("cpu"), workers=int(sys.argv[2]), persistent=False)
+    for x, y in feed.batches(int(sys.argv[3]), torch.randperm(len(split.y))):
+        pass
+"""
+
+
+def bench_memory(
+    sizes: list[int], root: Path, model: str, model_params: list[str], loader_only: bool = False, link: int = 0
+) -> list[dict[str, Any]]:
     rows = []
+    params = [a for p in model_params for a in ("--set", f"model.params.{p}")]
     for n in sizes:
-        folder = make_folder(root, n)
+        folder = make_folder(root, n, link_from=make_folder(root, link) if link and n > link else None)
         run = root / f"run{n}"
         run.mkdir(exist_ok=True)
+        if loader_only:  # maasctl's data pipeline alone over every split: decoding is what grows with the dataset
+            gib, seconds, rc = peak_memory(
+                [sys.executable, "-c", LOADER_ONLY, str(folder), str(WORKERS), str(BATCH)], run
+            )
+            rows.append({"images": n, "loader_only": True, "peak_pss_gib": round(gib, 3), "seconds": round(seconds, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         cmd = [
             sys.executable, "-m", "maasctl", "train", "--device", "cpu",
             "--set", "data.source=image_folder", "--set", f"data.root={folder}", "--set", f"data.image_size=[{SIZE},{SIZE}]",
-            "--set", "model.name=mobilenet_v3_small", "--set", "train.epochs=1", "--set", f"train.batch_size={BATCH}",
+            "--set", f"model.name={model}", *params, "--set", "train.epochs=1", "--set", f"train.batch_size={BATCH}",
             "--set", f"train.data_workers={WORKERS}", "--set", "train.tensorboard=false",
         ]  # fmt: skip
         gib, seconds, rc = peak_memory(cmd, run)
-        rows.append({"images": n, "peak_pss_gib": round(gib, 3), "seconds": round(seconds, 1), "exit": rc})
+        rows.append(
+            {"images": n, "model": model, "peak_pss_gib": round(gib, 3), "seconds": round(seconds, 1), "exit": rc}
+        )
         print(json.dumps(rows[-1]), flush=True)
     if len(rows) == 2:
         print(f"ratio {rows[1]['images']}/{rows[0]['images']}: {rows[1]['peak_pss_gib'] / rows[0]['peak_pss_gib']:.3f}")
@@ -141,7 +176,7 @@ def bench_memory(sizes: list[int], root: Path) -> list[dict[str, Any]]:
 # --- speed -----------------------------------------------------------------------------------------------------
 
 
-def _recipe(folder: Path, extra: list[str] = ()):  # type: ignore[assignment]
+def _recipe(folder: Path, model: str, model_params: list[str]):
     from maasctl.recipe import load_recipe
 
     return load_recipe(
@@ -150,14 +185,14 @@ def _recipe(folder: Path, extra: list[str] = ()):  # type: ignore[assignment]
             "data.source=image_folder",
             f"data.root={folder}",
             f"data.image_size=[{SIZE},{SIZE}]",
-            "model.name=mobilenet_v3_small",
+            f"model.name={model}",
+            *(f"model.params.{p}" for p in model_params),
             "train.device=cpu",
             "train.epochs=1",
             f"train.batch_size={BATCH}",
             f"train.data_workers={WORKERS}",
             "train.tensorboard=false",
             "train.schedule=constant",
-            *extra,
         ],
     )
 
@@ -176,7 +211,7 @@ def _torchvision_loader(folder: Path, files: set[str]):
     )
 
 
-def bench_speed(n: int, root: Path, rounds: int) -> dict[str, Any]:
+def bench_speed(n: int, root: Path, rounds: int, model_name: str, model_params: list[str]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -187,7 +222,7 @@ def bench_speed(n: int, root: Path, rounds: int) -> dict[str, Any]:
     from maasctl.train.trainer import Trainer
 
     folder = make_folder(root, n)
-    recipe = _recipe(folder)
+    recipe = _recipe(folder, model_name, model_params)
     data = build_dataset(recipe.data, 0)
     train = data.train
     files = {str(f) for f in train.x.files}
@@ -223,7 +258,9 @@ def bench_speed(n: int, root: Path, rounds: int) -> dict[str, Any]:
 
     def tv_epoch() -> float:
         torch.manual_seed(0)
-        model = create_model("mobilenet_v3_small", input_shape=(3, SIZE, SIZE), num_classes=10)
+        model = create_model(
+            model_name, input_shape=(3, SIZE, SIZE), num_classes=10, **dict(_param(p) for p in model_params)
+        )
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
         model.train()
         start = time.perf_counter()
@@ -253,6 +290,13 @@ def bench_speed(n: int, root: Path, rounds: int) -> dict[str, Any]:
         }
         print(name, json.dumps(out[name]), flush=True)
     return out
+
+
+def _param(kv: str) -> tuple[str, Any]:
+    import yaml
+
+    key, _, value = kv.partition("=")
+    return key, yaml.safe_load(value)
 
 
 # --- fine-tuning -----------------------------------------------------------------------------------------------
@@ -311,6 +355,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["memory", "speed", "finetune"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--model", default="mobilenet_v3_small", help="memory, speed: the model trained")
+    parser.add_argument("--params", nargs="*", default=[], help="memory, speed: model.params as KEY=VALUE")
+    parser.add_argument("--loader-only", action="store_true", help="memory: the data pipeline alone, no training")
+    parser.add_argument(
+        "--link", type=int, default=0, help="memory: sizes above this are hard links to this many generated JPEGs"
+    )
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--a-epochs", type=int, default=6)
@@ -320,9 +370,9 @@ def main() -> None:
     root = args.root or Path(tempfile.mkdtemp(prefix="maasctl-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     if args.what == "memory":
-        bench_memory(args.sizes, root)
+        bench_memory(args.sizes, root, args.model, args.params, args.loader_only, args.link)
     elif args.what == "speed":
-        bench_speed(args.images, root, args.rounds)
+        bench_speed(args.images, root, args.rounds, args.model, args.params)
     else:
         bench_finetune(root, args.a_epochs, args.b_epochs)
 
