@@ -143,9 +143,8 @@ def _load_file(file: Path, name: str) -> dict[str, torch.Tensor]:
 
 
 def _run_checkpoint(run: str) -> Path:
-    folder = Path(run).expanduser()
-    if not folder.is_dir():
-        folder = Path("artifacts") / "runs" / run
+    named = Path("artifacts") / "runs" / run  # a run name first: a data folder may share it
+    folder = named if named.is_dir() else Path(run).expanduser()
     best = folder / "checkpoints" / "best.pt"
     if not best.is_file():
         raise UsageError(
