@@ -295,7 +295,7 @@ class Trainer:
                 scheduler.step()
                 loss_sum.add_(loss.detach(), alpha=len(y))
                 correct.add_((logits.argmax(1) == y).sum())
-                clock.step_done(len(y), loss)
+                clock.step_done(len(y), loss.detach())
             # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
             totals = ddp.all_sum(
                 torch.stack([loss_sum, correct.double(), torch.tensor(len(order), dtype=torch.float64, device=device)])
