@@ -110,7 +110,9 @@ def train(
         reporter = epoch_reporter(_stderr(), resolved.train.epochs) if trainer.is_main else contextlib.nullcontext()
         try:
             with reporter as on_epoch:
-                result = trainer.fit(run_dir, resume=bool(resume), on_epoch=on_epoch)
+                result = trainer.fit(
+                    run_dir, resume=bool(resume), on_epoch=on_epoch, on_step=getattr(on_epoch, "step", None)
+                )
         except KeyboardInterrupt:
             if trainer.is_main:
                 again = f" --nproc {trainer.dist.world_size}" if trainer.dist.enabled else ""

@@ -7,6 +7,7 @@ model's manifest. One function on both sides is what keeps them from drifting ap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,24 @@ def image_spec(height: int, width: int, channels: int, mean: Sequence[float], st
     }
 
 
+def streamed_image_spec(
+    height: int,
+    width: int,
+    channels: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_fraction: float = 1.0,
+    interpolation: str = "bilinear",
+) -> dict[str, Any]:
+    """`image_spec` plus the evaluation transform of streamed image sources (see `load_image`, `eval_transform`)."""
+    return {
+        **image_spec(height, width, channels, mean, std),
+        "resize": CENTER_CROP,
+        "crop_fraction": float(crop_fraction),
+        "interpolation": interpolation,
+    }
+
+
 def normalize_images(images: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """uint8 images (N,H,W) or (N,H,W,C) -> float32 (N,C,H,W): x * scale, then (x - mean) / std per channel."""
     x = images.astype(np.float32) * np.float32(spec["scale"])
@@ -44,11 +63,18 @@ def normalize_images(images: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
 
 
 def load_image(source: str | Path | Any, spec: dict[str, Any]) -> np.ndarray:
-    """An image file (path or file object) -> uint8 array (H,W) or (H,W,C) in the model's size and colour mode."""
+    """An image file (path or file object) -> uint8 array (H,W) or (H,W,C) in the model's size and colour mode.
+
+    Specs with `resize: shorter_side_center_crop` (streamed image sources) turn the image upright by its EXIF
+    orientation, scale 16-bit pixels to 8, resize the shorter side and crop the centre (see `eval_transform`); older
+    specs resize the whole image to the model's size, as they were trained."""
     from PIL import Image, UnidentifiedImageError  # Pillow loads only when an image is read
 
     name = str(source) if isinstance(source, (str, Path)) else "upload"
     try:
+        if spec.get("resize") == CENTER_CROP:
+            with open_image(source, spec) as img:
+                return np.asarray(eval_transform(img, spec), dtype=np.uint8)
         with Image.open(source) as img:
             if img.mode != spec["mode"]:  # convert() to the mode an image already has only copies it: ~8 µs an image
                 img = img.convert(spec["mode"])
@@ -60,6 +86,48 @@ def load_image(source: str | Path | Any, spec: dict[str, Any]) -> np.ndarray:
         raise UsageError(f"{name}: no such file") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"{name}: not a readable image ({exc.__class__.__name__})") from None
+
+
+CENTER_CROP = "shorter_side_center_crop"
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+def open_image(source: str | Path | Any, spec: dict[str, Any]) -> Any:
+    """The decoded PIL image, upright (EXIF orientation applied) and in the spec's colour mode ("L" or "RGB").
+
+    Training augmentation starts from this image and evaluation/serving from `eval_transform` of it, so both see the
+    same pixels whatever the file: greyscale, RGBA or palette (alpha dropped), CMYK, 16-bit (scaled to 8 bits)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(source) as opened:
+        img = ImageOps.exif_transpose(opened)  # a copy, rotated when the file says so; the file itself is closed
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # convert() would clip 16-bit values at 255 (a white image): keep the 8 most significant bits instead.
+        wide = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        img = Image.fromarray((wide >> 8).clip(0, 255).astype(np.uint8))
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow warns when a palette with transparency goes straight to RGB
+    return img.convert(spec["mode"]) if img.mode != spec["mode"] else img
+
+
+def eval_transform(img: Any, spec: dict[str, Any]) -> Any:
+    """Resize so the image covers (height, width) / crop_fraction keeping its aspect ratio (for a square size: the
+    shorter side to size / crop_fraction, as torchvision's Resize(int) rounds), then crop the centre (height, width).
+    crop_fraction 1.0 keeps as much of the image as a centre crop can."""
+    from PIL import Image
+
+    h, w = spec["height"], spec["width"]
+    fraction = spec.get("crop_fraction", 1.0)
+    target_h, target_w = math.floor(h / fraction), math.floor(w / fraction)
+    iw, ih = img.size
+    if target_h / ih >= target_w / iw:  # the height binds: it gets the target exactly, the width follows
+        new_h, new_w = target_h, max(w, int(target_h * iw / ih))
+    else:
+        new_w, new_h = target_w, max(h, int(target_w * ih / iw))
+    if (new_w, new_h) != (iw, ih):
+        img = img.resize((new_w, new_h), Image.Resampling[spec.get("interpolation", "bilinear").upper()])
+    top, left = round((new_h - h) / 2.0), round((new_w - w) / 2.0)
+    return img.crop((left, top, left + w, top + h))
 
 
 # --- tabular -------------------------------------------------------------------------------------------------

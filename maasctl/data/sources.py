@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from maasctl.data import images
 from maasctl.data.datasets import (
     Dataset,
     Split,
@@ -29,7 +30,6 @@ from maasctl.preprocess import (
     encode_rows,
     fit_tabular,
     image_spec,
-    load_image,
     normalize_images,
     text_spec,
     tokenize,
@@ -38,7 +38,6 @@ from maasctl.preprocess import (
 from maasctl.recipe import schema
 
 SPLITS = ("train", "validation", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 REGRESSION_SOURCES = ("csv", "npz", "text")  # sources whose labels may be numbers
@@ -49,7 +48,8 @@ def build_dataset(cfg: Any, seed: int, task: str = "auto") -> Dataset:
     loaders: dict[type, Callable[..., Dataset]] = {
         schema.DigitsData: load_digits,
         schema.TorchvisionData: load_torchvision,
-        schema.ImageFolderData: load_image_folder,
+        schema.ImageFolderData: images.load_image_folder,  # streamed from disk (maasctl/data/images.py)
+        schema.ImageCsvData: images.load_image_csv,
         schema.CsvData: load_csv,
         schema.NpzData: load_npz,
         schema.TextData: load_text,
@@ -99,6 +99,12 @@ def _image_dataset(
         parts = stratified_split(labels, (1 - cfg.validation, cfg.validation), seed)
         split_names = SPLITS[:2]
     check_splits(parts, split_names, "data")
+    if cfg.augment.per_image:
+        raise UsageError(
+            f"data.augment: {', '.join(cfg.augment.per_image)} augment decoded images one by one, which only the "
+            "streamed sources (image_folder, image_csv) do; in-memory images take random_crop_padding, "
+            "horizontal_flip, mixup and cutmix"
+        )
     # Per-channel statistics (one value for greyscale) over the training split only.
     train_pixels = images[parts[0]].astype(np.float64) / 255
     mean = np.atleast_1d(train_pixels.mean(axis=(0, 1, 2)))
@@ -152,31 +158,6 @@ def load_torchvision(cfg: schema.TorchvisionData, seed: int) -> Dataset:
     x, y = arrays(train)
     names = [str(c).split(" - ")[-1] for c in train.classes]
     return _image_dataset(x, y, names, cfg, seed, test=arrays(test))
-
-
-def load_image_folder(cfg: schema.ImageFolderData, seed: int) -> Dataset:
-    root = Path(cfg.root)
-    if not root.is_dir():
-        raise UsageError(f"data.root: {root} is not a folder (expected {root}/<class>/<image files>)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files, labels = [], []
-    for i, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                files.append(f)
-                labels.append(i)
-    if not files:
-        raise UsageError(
-            f"data.root: no images found under {root} (expected {root}/<class>/<image files> with suffixes "
-            f"{', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    empty = [c for i, c in enumerate(classes) if i not in set(labels)]
-    if empty:
-        raise UsageError(f"data.root: class folders with no images under {root}: {', '.join(empty)}")
-    h, w = cfg.image_size
-    spec = {"height": h, "width": w, "mode": "L" if cfg.channels == 1 else "RGB"}
-    images = np.stack([load_image(f, spec) for f in files])  # names the file if one is unreadable
-    return _image_dataset(images, np.array(labels, dtype=np.int64), classes, cfg, seed)
 
 
 # --- tabular and arrays ----------------------------------------------------------------------------------------

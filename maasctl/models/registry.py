@@ -64,10 +64,20 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+TIMM_PREFIX = "timm/"  # any timm architecture: model.name timm/<name> (maasctl/models/timm_models.py)
+
+
 def get_model_entry(name: str) -> ModelEntry:
+    if name.startswith(TIMM_PREFIX):
+        import functools
+
+        from maasctl.models import timm_models
+
+        timm_models.architecture(name)  # an unknown architecture fails here, with a suggestion
+        return ModelEntry(name, functools.partial(timm_models.create, name), ("image",))
     entry = _REGISTRY.get(name)
     if entry is None:
-        hint = did_you_mean(name, _REGISTRY) or f"; known models: {', '.join(list_models())}"
+        hint = did_you_mean(name, _REGISTRY) or f"; known models: {', '.join(list_models())}, or timm/<architecture>"
         raise UsageError(f"model.name: unknown model {name!r}{hint}")
     return entry
 

@@ -38,6 +38,35 @@ class AugmentConfig(Section):
         0, ge=0, description="pad by this many pixels, then crop back at a random offset; 0: off"
     )
     horizontal_flip: bool = Field(False, description="flip half of the images left-right")
+    # Per-image augmentation with torchvision.transforms.v2, in the DataLoader workers: streamed image sources only.
+    random_resized_crop: tuple[float, float] | None = Field(
+        None,
+        description="streamed images: crop a random area of this share range of the image (e.g. [0.08, 1.0]) at a "
+        "random aspect ratio, resized to image_size; null: resize the shorter side and crop the centre, as evaluation",
+    )
+    color_jitter: float = Field(
+        0.0, ge=0, le=1, description="streamed images: random brightness, contrast and saturation ±this; 0: off"
+    )
+    auto_augment: Literal["none", "trivial", "randaugment"] = Field(
+        "none", description="streamed images: TrivialAugmentWide or RandAugment (torchvision defaults)"
+    )
+    random_erasing: float = Field(
+        0.0, ge=0, le=1, description="streamed images: probability of erasing a random rectangle; 0: off"
+    )
+    # Batch-level, on the device: any image source.
+    mixup: float = Field(0.0, ge=0, description="MixUp alpha (Beta(alpha, alpha) mixing of batch pairs); 0: off")
+    cutmix: float = Field(0.0, ge=0, description="CutMix alpha; with mixup too, each batch gets one of the two")
+
+    @property
+    def per_image(self) -> list[str]:
+        """The keys set that need decoded images (streamed sources), by name."""
+        on = {
+            "random_resized_crop": self.random_resized_crop is not None,
+            "color_jitter": self.color_jitter > 0,
+            "auto_augment": self.auto_augment != "none",
+            "random_erasing": self.random_erasing > 0,
+        }
+        return [k for k, v in on.items() if v]
 
 
 class DigitsData(Section):
@@ -57,15 +86,53 @@ class TorchvisionData(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-class ImageFolderData(Section):
+class StreamedImages(Section):
+    """Keys shared by the image sources read from files: listed and split up front, decoded per sample while training."""
+
+    image_size: tuple[int, int] | None = Field(
+        None, description="[height, width] of the model input; null: the model's pretrained size (timm), else [32, 32]"
+    )
+    channels: Literal[1, 3] = Field(3, description="1: greyscale, 3: RGB")
+    crop_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="evaluation and serving: resize the shorter side to image_size / crop_fraction, then crop the "
+        "centre; null: the model's pretrained value (timm), else 1.0",
+    )
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] | None = Field(
+        None, description="resampling filter (Pillow); null: the model's pretrained one (timm), else bilinear"
+    )
+    mean: list[float] | None = Field(
+        None, description="per-channel mean of pixels in [0, 1]; null: the model's pretrained one, else ImageNet's"
+    )
+    std: list[float] | None = Field(None, description="per-channel std; null: as mean")
+    max_unreadable: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="share of image files that may be unreadable (skipped, listed in skipped.csv); above it training "
+        "refuses to start",
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class ImageFolderData(StreamedImages):
     """`root/<class>/<image>`: one sub-folder per class, any format Pillow reads."""
 
     source: Literal["image_folder"]
     root: str
-    image_size: tuple[int, int] = Field((32, 32), description="[height, width] every image is resized to")
-    channels: Literal[1, 3] = Field(3, description="1: greyscale, 3: RGB")
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class ImageCsvData(StreamedImages):
+    """A CSV index of images, one row per image: a path (relative to the CSV's folder, or absolute) and a label, as
+    Kaggle and labelling tools export. Other columns are ignored."""
+
+    source: Literal["image_csv"]
+    path: str = Field(description="the CSV file")
+    path_column: str = "path"
+    label_column: str = "label"
 
 
 class CsvData(Section):
@@ -132,6 +199,7 @@ DATA_SOURCES: dict[str, type[Section]] = {
     "digits": DigitsData,
     "torchvision": TorchvisionData,
     "image_folder": ImageFolderData,
+    "image_csv": ImageCsvData,
     "csv": CsvData,
     "npz": NpzData,
     "text": TextData,
@@ -178,6 +246,36 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0, description="smallest change of the best metric that counts as improvement")
 
 
+class FinetuneConfig(Section):
+    """Adapting pretrained weights (model.params.pretrained): which layers learn, and how fast."""
+
+    freeze_backbone_epochs: int | Literal["all"] = Field(
+        0,
+        description="train only the classifier head for this many epochs, then everything; all: never unfreeze (a "
+        "linear probe); 0: no freezing",
+    )
+    head_lr: float | None = Field(
+        None, gt=0, description="peak learning rate of the classifier head; null: as the rest"
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay (timm models): each layer below the head learns at this factor "
+        "times the layer above; null: one rate",
+    )
+    freeze_bn: bool = Field(
+        True, description="BatchNorm running statistics of frozen layers stay as loaded while they are frozen"
+    )
+
+    @field_validator("freeze_backbone_epochs")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("Input should be 0 or more, or all")
+        return value
+
+
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
@@ -220,6 +318,13 @@ class TrainConfig(Section):
         "regression; val_roc_auc needs two classes (ties on accuracy/F1/AUC go to lower loss)",
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    tensorboard: bool = Field(True, description="write TensorBoard event files to the run folder's tensorboard/")
+    mlflow: bool = Field(
+        False,
+        description="log params, metrics and the run folder to MLflow (needs the mlflow package; MLFLOW_TRACKING_URI "
+        "picks the server, default ./mlruns); the environment variable MAASCTL_MLFLOW=1 turns it on too",
+    )
     # How training runs, not what it trains: these may change on --resume. Explicit values are honoured or refused
     # (never silently ignored); auto picks what is fast and safe on the device.
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
@@ -241,13 +346,28 @@ class TrainConfig(Section):
         "and copied over (pinned memory, non_blocking) for datasets larger than the GPU; auto = device on CPU, and on CUDA "
         "for the splits that fit together in half of the free GPU memory, host for the others",
     )
-    data_workers: int = Field(
-        0,
-        ge=0,
-        le=64,
-        description="data_placement host: DataLoader worker processes slicing batches; 0 slices them in "
-        "the training process, which suits in-memory tensors",
+    data_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes per training process (0 to 64, or auto): for streamed images "
+        "(decoding) auto = the CPU cores divided among the processes, at most 8; for in-memory splits placed on the "
+        "host (slicing batches) auto = 0, slicing in the training process, which suits in-memory tensors",
     )
+
+    @field_validator("data_workers", mode="plain")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        # One message for both branches (a plain union would report one error per branch).
+        if value == "auto":
+            return value
+        try:
+            count = int(value) if not isinstance(value, (bool, float)) else None
+        except ValueError:
+            count = None
+        if count is None:
+            raise ValueError("Input should be auto or a whole number of worker processes")
+        if not 0 <= count <= 64:
+            raise ValueError("Input should be greater than or equal to 0 and at most 64, or auto")
+        return count
 
     @field_validator("amp", "channels_last", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from maasctl.errors import UsageError
 from maasctl.recipe import Recipe
 
 # Settings that change how training runs, not what the checkpoint means: free to change on --resume.
-ENGINE_KEYS = ("device", "amp", "channels_last", "compile", "data_placement", "data_workers")
+ENGINE_KEYS = ("device", "amp", "channels_last", "compile", "data_placement", "data_workers", "tensorboard", "mlflow")
 
 
 def create_run_dir(runs_root: Path, name: str) -> Path:

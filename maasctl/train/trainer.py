@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -30,12 +31,29 @@ from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train import distributed as ddp
 from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
+from maasctl.train.finetune import Finetune, optimizer_groups, with_model_defaults
 from maasctl.train.objective import Objective
 from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
 from maasctl.train.plots import plot_confusion, plot_curves, plot_regression
+from maasctl.train.progress import DataClock
+from maasctl.train.streaming import StreamFeed, auto_workers, is_streamed, mix_batch, train_transform
+from maasctl.train.tracking import Tracker, mlflow_wanted
 
-METRICS_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds"]
+METRICS_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "seconds",
+    "data_wait_seconds",
+    "compute_seconds",
+]
 EpochCallback = Callable[[dict[str, Any], int], None]
+StepCallback = Callable[[int, int, int, float], None]  # (step, steps in the epoch, samples so far, loss)
+DATA_WAIT_HINT = 1 / 3  # above this share of the epoch spent waiting for batches, the log suggests more workers
 
 
 @dataclass
@@ -82,6 +100,7 @@ class Trainer:
     """
 
     def __init__(self, recipe: Recipe) -> None:
+        recipe = with_model_defaults(recipe)  # data keys left null take the pretrained model's values (timm)
         cfg = recipe.train
         self.recipe = recipe
         self.dist = ddp.env_from_torchrun()
@@ -107,24 +126,36 @@ class Trainer:
         self.meta.update(getattr(self.model, "meta_extra", {}))  # e.g. a pretrained encoder's config, for export
         if self.accel.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = _make_optimizer(recipe, self.model)
         self.batch_size = ddp.per_rank_batch(cfg.batch_size, self.dist)  # train.batch_size is the global batch
         samples_per_rank = math.ceil(len(self.data.train.y) / self.dist.world_size)
         steps_per_epoch = math.ceil(math.ceil(samples_per_rank / self.batch_size) / cfg.grad_accumulation)
+        # Parameter groups (head, backbone, layer-wise decay) and backbone freezing: train.finetune
+        self.finetune = Finetune(recipe, self.model, steps_per_epoch)
+        self.optimizer = _make_optimizer(recipe, _parameter_groups(recipe, self.model, self.finetune))
         self.scheduler = _make_scheduler(
             recipe,
             self.optimizer,
             total_steps=cfg.epochs * steps_per_epoch,
             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
             steps_per_epoch=steps_per_epoch,
+            gates=self.finetune.gates(),
         )
         self.scaler = self.accel.grad_scaler()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes repeat every step: let cuDNN time its algorithms once
-        # Where each split lives (train.data_placement): on the device, or in host memory when it would not fit.
-        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
-        split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
-        self.placement: dict[str, Placement] = choose_placement(cfg.data_placement, self.device.type, split_bytes, free)
+        # Where each split lives (train.data_placement): on the device, or in host memory when it would not fit;
+        # image files are streamed from disk by DataLoader workers whatever the placement.
+        self.streamed = is_streamed(self.data.train)
+        self.workers = _resolve_workers(cfg.data_workers, self.streamed, self.dist)
+        if self.streamed:
+            why = f"decoded by {self.workers} DataLoader worker(s) per process"
+            self.placement: dict[str, Placement] = {s: Placement("stream", why) for s in SPLITS}
+        else:
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+            split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
+            self.placement = choose_placement(cfg.data_placement, self.device.type, split_bytes, free)
+        self.mix = mix_batch(self.data.augment, self.data.num_classes)  # batch-level MixUp/CutMix, or None
+        self.use_mlflow = mlflow_wanted(recipe)  # asked for but not installed: refused before any file is written
         self._feeds: dict[str, SplitFeed] = {}
         self.log: Callable[[str], None] = _log_stderr  # rank 0's one-line notes (the data placement)
 
@@ -149,42 +180,94 @@ class Trainer:
         """Run `fn` on rank 0 only (e.g. create the run folder) and hand its result to every rank."""
         return ddp.on_main(fn)
 
-    def _feed(self, split: str) -> SplitFeed:
+    def _feed(self, split: str) -> SplitFeed | StreamFeed:
         """A split's batches on the device; a device-placed split is copied there once per run (not once per epoch)."""
         if split not in self._feeds:
-            where, workers = self.placement[split].where, self.recipe.train.data_workers
-            self._feeds[split] = SplitFeed(
-                getattr(self.data, split), self.device, where, workers=workers, prepare=self.accel.input
-            )
+            if self.streamed:
+                self._feeds[split] = self._stream_feed(split)
+            else:
+                self._feeds[split] = SplitFeed(
+                    getattr(self.data, split),
+                    self.device,
+                    self.placement[split].where,
+                    workers=self.workers,
+                    prepare=self.accel.input,
+                )
         return self._feeds[split]
+
+    def _stream_feed(self, split: str) -> StreamFeed:
+        """Image files decoded by workers: the training split's persist across epochs and augment; evaluation's
+        start per pass (they run for seconds an epoch) and decode exactly as serving does."""
+        training = split == "train"
+        data = self.data
+        return StreamFeed(
+            getattr(data, split),
+            self.device,
+            workers=self.workers,
+            transform=train_transform(data.augment, data.preprocessing) if training else None,
+            persistent=training,
+            seed=self.recipe.train.seed + 1000 * self.dist.rank,
+            max_batch=self.batch_size,
+            prepare=self.accel.input,
+        )
+
+    def data_note(self) -> str:
+        """Where the data lives, for the log and summary.json."""
+        if not self.streamed:
+            return describe(self.placement, self.device)
+        extra = self.data.extra
+        return (
+            f"data: streamed from image files, {self.placement['train'].why}; "
+            f"{len(extra.get('skipped', []))} unreadable file(s) skipped, {extra.get('ignored_files', 0)} non-image "
+            "file(s) ignored"
+        )
 
     def close(self) -> None:
         ddp.destroy_process_group()
 
-    def fit(self, run_dir: Path, *, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
+    def fit(
+        self,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        on_epoch: EpochCallback | None = None,
+        on_step: StepCallback | None = None,
+    ) -> TrainResult:
         """restore → per epoch: train, validate, checkpoint → test the best checkpoint."""
         cfg = self.recipe.train
         # Batch order; identical on every rank (each then takes its shard), saved in checkpoints so resume repeats it.
         shuffle = torch.Generator().manual_seed(cfg.seed)
         progress = self._restore(run_dir, shuffle) if resume else _Progress()
-        if self.is_main:
-            atomic_write_text(run_dir / "recipe.yaml", dump_recipe(self.recipe))  # on resume: the new epochs/device
-            for note in self.data.notes:  # the task inferred, rows and columns dropped
-                self.log(note)
-            self.log(describe(self.placement, self.device))  # where the data lives, and why (train.data_placement)
+        tracker = self._start(run_dir, resume)
         writer = BackgroundWriter()
         for epoch in range(progress.epoch, cfg.epochs):
             started = time.perf_counter()
-            train_loss, train_figure = self._train_epoch(shuffle)
-            row = self._validate(epoch, train_loss, train_figure, started)
+            clock, train_loss, train_figure = self._train_epoch(
+                epoch, shuffle, self._step_callback(epoch, on_step, tracker)
+            )
+            row = self._validate(epoch, train_loss, train_figure, started, clock)
+            if tracker is not None:
+                tracker.epoch(row)
             improved = progress.record(row, self.objective.score(row), cfg.early_stopping.min_delta)
             self._checkpoint(run_dir, progress, shuffle, improved, writer)
             if on_epoch and self.is_main:
                 on_epoch(row, cfg.epochs)
             if cfg.early_stopping.patience and progress.stale >= cfg.early_stopping.patience:
                 break
-        metrics = ddp.on_main(lambda: self._test_and_report(run_dir, progress.history, writer))
+        metrics = ddp.on_main(lambda: self._test_and_report(run_dir, progress.history, writer, tracker))
         return TrainResult(run_dir=run_dir, metrics=metrics)
+
+    def _start(self, run_dir: Path, resume: bool) -> Tracker | None:
+        """Rank 0's notes and files before the first epoch; its tracker (TensorBoard, MLflow)."""
+        if not self.is_main:
+            return None
+        atomic_write_text(run_dir / "recipe.yaml", dump_recipe(self.recipe))  # on resume: the new epochs/device
+        for note in self.data.notes:  # the task inferred, rows and columns dropped
+            self.log(note)
+        self.log(self.data_note())  # where the data lives, and why (train.data_placement)
+        _write_skipped(run_dir, self.data.extra.get("skipped") or [])
+        cfg = self.recipe.train
+        return Tracker(run_dir, self.recipe, tensorboard=cfg.tensorboard, mlflow=self.use_mlflow, resume=resume)
 
     def _restore(self, run_dir: Path, shuffle: torch.Generator) -> _Progress:
         """Continue from last.pt. Every rank reads the same file: weights, optimizer and schedule agree with no
@@ -199,30 +282,40 @@ class Trainer:
         _restore_rng(ckpt["rng"], self.dist, self.device, self.recipe.train.seed)
         return _Progress(ckpt["epoch"], ckpt["best"], ckpt["stale_epochs"], ckpt["history"])
 
-    def _train_epoch(self, shuffle: torch.Generator) -> tuple[float, float]:
-        """One pass over this rank's shard of the training split; over all ranks, the mean loss and the mean of the
-        task's per-sample figure (right answers, or absolute errors for regression)."""
+    def _train_epoch(
+        self, epoch: int, shuffle: torch.Generator, on_step: StepCallback | None
+    ) -> tuple[DataClock, float, float]:
+        """One pass over this rank's shard of the training split: how long it waited for data against how long it
+        computed, and over all ranks the mean loss and the mean of the task's per-sample figure (right answers, or
+        absolute errors for regression)."""
         cfg, device, accel = self.recipe.train, self.device, self.accel
         train = self._feed("train")
         self.train_model.train()
+        self.finetune.epoch_start(epoch)  # frozen layers keep their BatchNorm statistics
         order = ddp.shard(torch.randperm(train.n, generator=shuffle), self.dist)
         # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)  # right answers, or |errors| (regression)
         batches = math.ceil(len(order) / self.batch_size)
-        for i, (x, y) in enumerate(train.batches(self.batch_size, order)):  # on the device, or copied from the host
-            x = accel.input(augment_batch(x, self.data.augment))
+        in_memory_augment = None if self.streamed else self.data.augment  # streamed images are augmented by workers
+        clock = DataClock(batches, on_step)
+        for i, (x, y) in enumerate(clock.wrap(train.batches(self.batch_size, order))):  # the wait for each batch
+            x = accel.input(augment_batch(x, in_memory_augment))
+            target = y
+            if self.mix is not None:
+                x, target = self.mix(x, y)  # soft targets: cross_entropy takes class probabilities too
             with accel.autocast():
                 logits = self.train_model(x)
-                loss = self.objective.loss(logits, y)
+                loss = self.objective.loss(logits, target)
             # train.grad_accumulation: step after every k micro-batches, and after the epoch's last
             self._step(loss, step=(i + 1) % cfg.grad_accumulation == 0 or i + 1 == batches)
             loss_sum.add_(loss.detach(), alpha=len(y))
             correct.add_(self.objective.batch_sum(logits, y))
+            clock.step_done(len(y), loss.detach())
         # Epoch totals over all ranks (padding repeats at most world_size-1 samples, as DistributedSampler does).
         seen = torch.tensor(len(order), dtype=torch.float64, device=device)
         train_loss, train_correct, total = ddp.all_sum(torch.stack([loss_sum, correct, seen])).tolist()
-        return train_loss / total, train_correct / total
+        return clock, train_loss / total, train_correct / total
 
     def _step(self, loss: torch.Tensor, step: bool = True) -> None:
         cfg, optimizer, scaler = self.recipe.train, self.optimizer, self.scaler
@@ -238,9 +331,12 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-    def _validate(self, epoch: int, train_loss: float, train_figure: float, started: float) -> dict[str, Any]:
-        """The epoch's metrics row (the task's columns: accuracy and F1, or MAE, RMSE and R²). One evaluation, on
-        rank 0's weights, shared so every rank takes the same decisions (best checkpoint, early stopping)."""
+    def _validate(
+        self, epoch: int, train_loss: float, train_figure: float, started: float, clock: DataClock
+    ) -> dict[str, Any]:
+        """The epoch's metrics row (the task's columns: accuracy and F1, or MAE, RMSE and R²; the time the steps
+        waited for data and computed). One evaluation, on rank 0's weights, shared so every rank takes the same
+        decisions (best checkpoint, early stopping)."""
         row = None
         if self.is_main:
             feed, objective = self._feed("validation"), self.objective
@@ -254,7 +350,14 @@ class Trainer:
                 **{f"val_{k}": val[k] for k in objective.val_columns},
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
+                "data_wait_seconds": clock.wait,
+                "compute_seconds": clock.compute,
             }
+            if clock.wait > DATA_WAIT_HINT * clock.total:
+                self.log(
+                    f"epoch {epoch + 1}: training waited for data {clock.wait:.1f}s of {clock.total:.1f}s; "
+                    f"more DataLoader workers may help (train.data_workers, now {self.workers})"
+                )
         return ddp.broadcast(row)
 
     def _checkpoint(
@@ -285,7 +388,7 @@ class Trainer:
         writer.submit(_checkpoint_job(paths, snapshot(state), run_dir / "metrics.csv"))
 
     def _test_and_report(
-        self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter
+        self, run_dir: Path, history: list[dict[str, Any]], writer: BackgroundWriter, tracker: Tracker
     ) -> dict[str, Any]:
         """Test the best checkpoint; write summary.json and the pictures. Rank 0 only."""
         cfg, data, device = self.recipe.train, self.data, self.device
@@ -309,7 +412,12 @@ class Trainer:
             # what this (last) session actually used, after resolving auto settings
             **self.accel.describe(),
             "data_placement": {split: p.where for split, p in self.placement.items()},
-            "data_placement_note": describe(self.placement, device),
+            "data_placement_note": self.data_note(),
+            "data_workers": self.workers,
+            "data_wait_seconds": sum(r.get("data_wait_seconds", 0.0) for r in history),
+            "compute_seconds": sum(r.get("compute_seconds", 0.0) for r in history),
+            "skipped_files": len(data.extra.get("skipped") or []),
+            "ignored_files": data.extra.get("ignored_files", 0),
             "world_size": self.dist.world_size,
             "batch_size_per_process": self.batch_size,
             "epochs": len(history),
@@ -329,8 +437,10 @@ class Trainer:
         plot_curves(history, run_dir / "curves.png")
         if data.task == "regression":
             plot_regression(pictures["actual"], pictures["predicted"], run_dir, data.target["column"])
+            tracker.finish(metrics, run_dir / "predicted_vs_actual.png")
         else:
             plot_confusion(pictures["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png")
+            tracker.finish(metrics, run_dir / "confusion_matrix.png")
         return metrics
 
 
@@ -404,26 +514,58 @@ def _restore_rng(saved: dict[str, Any], env: ddp.DistEnv, device: torch.device, 
         torch.manual_seed(seed + env.rank)
 
 
+def _resolve_workers(requested: int | str, streamed: bool, env: ddp.DistEnv) -> int:
+    """train.data_workers: auto = the cores shared among this node's processes (≤ 8) for streamed images, 0 for
+    in-memory splits (slicing a tensor is faster in the training process than sending it from a worker)."""
+    if requested != "auto":
+        return int(requested)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    return auto_workers(local) if streamed else 0
+
+
+def _write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    """skipped.csv: each unreadable image file left out of the run, and why."""
+    if not skipped:
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "reason"])
+    writer.writerows(skipped)
+    atomic_write_text(run_dir / "skipped.csv", buf.getvalue())
+
+
 def _log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _make_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
+    """`params`: the model's parameters, or groups with their own lr / weight_decay (train.finetune)."""
     o = recipe.train.optimizer
     if o.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
-        )
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    if hasattr(model, "param_groups"):  # pretrained encoders: no decay on biases/norms, layer-wise lr decay
-        return cls(model.param_groups(o.lr, o.weight_decay, o.layer_decay), lr=o.lr, weight_decay=o.weight_decay)
-    return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _parameter_groups(recipe: Recipe, model: torch.nn.Module, finetune: Finetune) -> Any:
+    """What the optimizer trains: a pretrained text encoder's own groups (no decay on biases and norms, layer-wise
+    lr decay), else train.finetune's (head, backbone, layer-wise decay) or simply every parameter."""
+    o = recipe.train.optimizer
+    if hasattr(model, "param_groups"):
+        return model.param_groups(o.lr, o.weight_decay, o.layer_decay)
+    return optimizer_groups(finetune.groups)
 
 
 def _make_scheduler(
-    recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, steps_per_epoch: int
+    recipe: Recipe,
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int,
+    steps_per_epoch: int,
+    gates: list[Callable[[int], float]] | None = None,
 ):
-    """Per-step learning-rate factor: linear warm-up, then the recipe's schedule (see TrainConfig.schedule)."""
+    """Per-step learning-rate factor: linear warm-up, then the recipe's schedule (see TrainConfig.schedule); times
+    each parameter group's gate (0 while a frozen backbone waits) when `gates` are given."""
     cfg = recipe.train
     step_size = max(1, round(cfg.step_epochs * steps_per_epoch))
 
@@ -444,6 +586,8 @@ def _make_scheduler(
             return max(0.0, 1 - (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return cosine((step - warmup_steps) / max(1, total_steps - warmup_steps))
 
+    if gates:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda s, g=g: factor(s) * g(s) for g in gates])
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 

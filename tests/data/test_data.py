@@ -9,11 +9,10 @@ import struct
 import numpy as np
 import pytest
 from helpers import run_cli
-from PIL import Image
 
 from maasctl.data import build_dataset
 from maasctl.errors import UsageError
-from maasctl.preprocess import UNK, TextEncoder, load_image, normalize_images
+from maasctl.preprocess import UNK, TextEncoder, load_image, normalize_features, normalize_images
 from maasctl.recipe import load_recipe
 
 
@@ -158,68 +157,7 @@ def test_npz_missing_arrays_and_pickles_are_refused(tmp_path):
         data_of("data.source=npz", f"data.path={pickled}")
 
 
-# --- image folder ------------------------------------------------------------------------------------------------
-
-
-def _image_folder(root, per_class=8):
-    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-    rng = np.random.default_rng(0)
-    for name, rgb in colours.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            noise = rng.integers(-20, 20, (20, 24, 3))
-            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(
-                root / name / f"{i}.{'png' if i % 2 else 'jpg'}"
-            )
-    return root
-
-
-def test_image_folder_loads_resizes_and_matches_the_serving_path(tmp_path):
-    root = _image_folder(tmp_path / "imgs")
-    d = data_of("data.source=image_folder", f"data.root={root}", "data.image_size=[16,16]")
-    assert d.labels == ["blue", "green", "red"] and d.input_shape == (3, 16, 16)
-    assert len(d.preprocessing["mean"]) == 3  # per channel
-    # The serving path (Pillow + numpy, no torch) gives the training tensor for the same file.
-    f = sorted((root / "red").iterdir())[0]
-    served = normalize_images(load_image(f, d.preprocessing)[None], d.preprocessing)[0]
-    assert any(np.abs(served - x).max() < 1e-6 for x in np.concatenate([d.train.x, d.validation.x, d.test.x]))
-
-
-def test_image_folder_errors(tmp_path):
-    (tmp_path / "empty" / "cat").mkdir(parents=True)
-    with pytest.raises(UsageError, match="no images found under"):
-        data_of("data.source=image_folder", f"data.root={tmp_path / 'empty'}")
-    root = _image_folder(tmp_path / "imgs", per_class=3)
-    (root / "grey").mkdir()
-    with pytest.raises(UsageError, match="class folders with no images .* grey"):
-        data_of("data.source=image_folder", f"data.root={root}")
-    (root / "grey" / "broken.png").write_text("nope")
-    with pytest.raises(UsageError, match="broken.png: not a readable image"):
-        data_of("data.source=image_folder", f"data.root={root}")
-
-
-def test_image_folder_trains_with_augmentation(tmp_path):
-    root = _image_folder(tmp_path / "imgs")
-    out = run_cli(
-        "train",
-        "--set",
-        "data.source=image_folder",
-        "--set",
-        f"data.root={root}",
-        "--set",
-        "data.image_size=[12,12]",
-        "--set",
-        "data.augment.random_crop_padding=2",
-        "--set",
-        "data.augment.horizontal_flip=true",
-        "--set",
-        "data.split={train: 0.5, validation: 0.25, test: 0.25}",
-        "--set",
-        "train.epochs=8",
-        "--json",
-        cwd=tmp_path,
-    )
-    assert json.loads(out.stdout)["metrics"]["test_accuracy"] >= 0.8  # colours are easy
+# image folders and CSV indexes of images: tests/data/test_images.py
 
 
 # --- text --------------------------------------------------------------------------------------------------------
