@@ -12,7 +12,7 @@ from helpers import run_cli
 
 from maasctl.data import build_dataset
 from maasctl.errors import UsageError
-from maasctl.preprocess import UNK, TextEncoder, load_image, normalize_features, normalize_images
+from maasctl.preprocess import UNK, TextEncoder
 from maasctl.recipe import load_recipe
 
 
