@@ -257,6 +257,19 @@ class Trainer:
         metrics = ddp.on_main(lambda: self._test_and_report(run_dir, progress.history, writer, tracker))
         return TrainResult(run_dir=run_dir, metrics=metrics)
 
+    def _step_callback(self, epoch: int, on_step: StepCallback | None, tracker: Tracker | None) -> StepCallback | None:
+        """What runs every half second within an epoch: the progress bar, the per-step tracking scalars."""
+        if on_step is None and tracker is None:
+            return None
+
+        def step(done: int, steps: int, samples: int, loss: float) -> None:
+            if on_step is not None:
+                on_step(done, steps, samples, loss)
+            if tracker is not None:
+                tracker.step(epoch * steps + done, loss, self.optimizer.param_groups[-1]["lr"])
+
+        return step
+
     def _start(self, run_dir: Path, resume: bool) -> Tracker | None:
         """Rank 0's notes and files before the first epoch; its tracker (TensorBoard, MLflow)."""
         if not self.is_main:
