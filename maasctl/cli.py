@@ -122,18 +122,21 @@ def train(
         trainer.close()
     if not trainer.is_main:
         return
-    m = result.metrics
+    _log(_test_line(result.metrics))
+    if json_:
+        _emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics})
+
+
+def _test_line(m: dict[str, Any]) -> str:
+    """The run's result in one line: the test figures of the best checkpoint."""
     if "test_rmse" in m:  # regression
-        _log(
+        return (
             f"test RMSE {m['test_rmse']:.4g}, MAE {m['test_mae']:.4g}, R² {m['test_r2']:.4f} "
             f"(best epoch {m['best_epoch']}, val RMSE {m['val_rmse']:.4g})"
         )
-    else:
-        _log(
-            f"test accuracy {m['test_accuracy']:.2%} (best epoch {m['best_epoch']}, val accuracy {m['val_accuracy']:.2%})"
-        )
-    if json_:
-        _emit_json({"run_dir": str(result.run_dir), "metrics": m})
+    return (
+        f"test accuracy {m['test_accuracy']:.2%} (best epoch {m['best_epoch']}, val accuracy {m['val_accuracy']:.2%})"
+    )
 
 
 def _launch_torchrun(nproc: int) -> int:

@@ -143,17 +143,9 @@ class Trainer:
         self.scaler = self.accel.grad_scaler()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes repeat every step: let cuDNN time its algorithms once
-        # Where each split lives (train.data_placement): on the device, or in host memory when it would not fit;
-        # image files are streamed from disk by DataLoader workers whatever the placement.
         self.streamed = is_streamed(self.data.train)
         self.workers = _resolve_workers(cfg.data_workers, self.streamed, self.dist)
-        if self.streamed:
-            why = f"decoded by {self.workers} DataLoader worker(s) per process"
-            self.placement: dict[str, Placement] = {s: Placement("stream", why) for s in SPLITS}
-        else:
-            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
-            split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
-            self.placement = choose_placement(cfg.data_placement, self.device.type, split_bytes, free)
+        self.placement: dict[str, Placement] = self._place_splits()
         self.mix = mix_batch(self.data.augment, self.data.num_classes)  # batch-level MixUp/CutMix, or None
         self.use_mlflow = mlflow_wanted(recipe)  # asked for but not installed: refused before any file is written
         self._feeds: dict[str, SplitFeed] = {}
@@ -171,6 +163,16 @@ class Trainer:
         if self.accel.compile:
             # After the DDP wrapper, so that dynamo splits graphs at DDP's gradient buckets (DDPOptimizer).
             self.train_model = torch.compile(self.train_model)
+
+    def _place_splits(self) -> dict[str, Placement]:
+        """Where each split lives (train.data_placement): on the device, or in host memory when it would not fit;
+        image files are streamed from disk by DataLoader workers whatever the placement."""
+        if self.streamed:
+            why = f"decoded by {self.workers} DataLoader worker(s) per process"
+            return {s: Placement("stream", why) for s in SPLITS}
+        free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+        split_bytes = {s: getattr(self.data, s).x.nbytes + getattr(self.data, s).y.nbytes for s in SPLITS}
+        return choose_placement(self.recipe.train.data_placement, self.device.type, split_bytes, free)
 
     @property
     def is_main(self) -> bool:
