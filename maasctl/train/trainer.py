@@ -108,19 +108,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.data = build_dataset(recipe.data, cfg.seed, recipe.task)
         self.objective = Objective(cfg, self.data, self.device)  # loss, metrics, best metric for the task
-        self.meta = {
-            "model_name": recipe.model.name,
-            "model_params": recipe.model.params,
-            "input_shape": list(self.data.input_shape),
-            "input_kind": self.data.input_kind,
-            "vocab_size": self.data.vocab_size,
-            "num_classes": self.data.num_outputs,  # the head's width: 1 for regression
-            "task": self.data.task,
-            "target": self.data.target,
-            "labels": self.data.labels,
-            "preprocessing": self.data.preprocessing,
-            "recipe_sha256": recipe_sha256(recipe),
-        }
+        self.meta = _model_meta(recipe, self.data)
         self.accel: Accel = resolve_accel(cfg, self.device, input_ndim=1 + len(self.data.input_shape))
         self.model = build_model_from_meta(self.meta).to(self.device)
         self.meta.update(getattr(self.model, "meta_extra", {}))  # e.g. a pretrained encoder's config, for export
@@ -527,6 +515,23 @@ def _restore_rng(saved: dict[str, Any], env: ddp.DistEnv, device: torch.device, 
         torch.cuda.set_rng_state(mine["cuda"], device)
     if mine is saved and env.rank:  # resumed with another process count: give the new ranks streams of their own
         torch.manual_seed(seed + env.rank)
+
+
+def _model_meta(recipe: Recipe, data: Dataset) -> dict[str, Any]:
+    """What a checkpoint carries beside its weights: enough to rebuild the model and its data contract."""
+    return {
+        "model_name": recipe.model.name,
+        "model_params": recipe.model.params,
+        "input_shape": list(data.input_shape),
+        "input_kind": data.input_kind,
+        "vocab_size": data.vocab_size,
+        "num_classes": data.num_outputs,  # the head's width: 1 for regression
+        "task": data.task,
+        "target": data.target,
+        "labels": data.labels,
+        "preprocessing": data.preprocessing,
+        "recipe_sha256": recipe_sha256(recipe),
+    }
 
 
 def _resolve_workers(requested: int | str, streamed: bool, env: ddp.DistEnv) -> int:
