@@ -28,6 +28,7 @@ from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, ModelReposi
 from maasctl.train.checkpoint import load_checkpoint
 
 PARITY_SAMPLES = 256
+STREAMED_REFERENCE = 2_000  # streamed images decoded for the drift reference (decoding them all could take hours)
 MIN_OPSET, MAX_OPSET = 13, 23  # the recipe schema's export.opset range too
 
 
@@ -300,6 +301,8 @@ def _drift_statistics(data, onnx_path: Path) -> dict[str, Any]:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     split = "validation" if data.input_kind == "tokens" else "train"
     reference = data.validation.x if split == "validation" else data.train.x
+    if not isinstance(reference, np.ndarray):  # images streamed from files: decode an evenly spaced sample of them
+        reference = reference[np.linspace(0, len(reference) - 1, min(len(reference), STREAMED_REFERENCE)).astype(int)]
     if getattr(data, "task", "classification") == "regression":
         # Input drift only: the output is one value, not classes, so its "class" distribution is one bin (the
         # prediction PSI stays 0). Binning predicted values is left for later.
