@@ -106,6 +106,9 @@ def test_two_class_run_with_balanced_weights_reports_roc_auc(tmp_path):
         trainer.close()
     assert result.metrics["test_roc_auc"] > 0.9 and result.metrics["val_roc_auc"] > 0.9
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
-    assert header == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_macro_f1,val_roc_auc,lr,seconds"
+    assert header == (
+        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_macro_f1,val_roc_auc,lr,seconds,"
+        "data_wait_seconds,compute_seconds"
+    )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best_metric"] == "val_roc_auc" and summary["test_confusion_matrix"]
