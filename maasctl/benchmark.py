@@ -9,9 +9,7 @@ batch 1 and 32 on the chosen device, on samples of that split. A run is exported
 from __future__ import annotations
 
 import contextlib
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +76,7 @@ def _feeds(batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
 
 def measure_model(spec: str, repo: Path, *, device: str, split: str, repeats: int) -> dict[str, Any]:
     from maasctl.evaluate import evaluate_model, split_inputs
+    from maasctl.export.compress import latency_ms  # numpy and onnxruntime only: how export times its variants
     from maasctl.inputs.outputs import scores_output
     from maasctl.repository import ModelRepository, resolve_model
     from maasctl.runtime import load_model
@@ -91,7 +90,7 @@ def measure_model(spec: str, repo: Path, *, device: str, split: str, repeats: in
     for b in LATENCY_BATCHES:
         batch = np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])) if len(x) < b else x[:b])
         feeds = _feeds(batch, [t.name for t in model.inputs])
-        latency[f"latency_ms_b{b}"] = _median_ms(lambda: model.run(feeds, [name_out]), repeats)  # noqa: B023
+        latency[f"latency_ms_b{b}"] = latency_ms(lambda: model.run(feeds, [name_out]), repeats)  # noqa: B023
     onnx_path = version.path / model.manifest["onnx"]["file"]
     return {
         "name": version.name,
@@ -104,17 +103,6 @@ def measure_model(spec: str, repo: Path, *, device: str, split: str, repeats: in
         "metrics": scored["metrics"],
         **latency,
     }
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return float(statistics.median(times))
 
 
 def _parameters(onnx_path: Path) -> int | None:
