@@ -15,26 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+from maasctl.export.compress import latency_ms
 
 
 def make_encoder(hidden: int, layers: int, heads: int, vocab: int = 30522):
@@ -86,9 +75,9 @@ def encoder_latency(args) -> dict:
             feeds = text_export.packed_feeds(packed[:batch], model.input_names)
             tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
             with torch.inference_mode():
-                result[f"pytorch eager b{batch} ms"] = median_ms(lambda: model(**tensors), args.repeats)  # noqa: B023
+                result[f"pytorch eager b{batch} ms"] = latency_ms(lambda: model(**tensors), args.repeats)  # noqa: B023
             for name, s in sessions.items():
-                result[f"{name} b{batch} ms"] = median_ms(lambda: s.run(["logits"], feeds), args.repeats)  # noqa: B023
+                result[f"{name} b{batch} ms"] = latency_ms(lambda: s.run(["logits"], feeds), args.repeats)  # noqa: B023
         result["bytes fp32"], result["bytes int8"] = fp32.stat().st_size, int8.stat().st_size
     return result
 
@@ -120,7 +109,7 @@ def tokenization_throughput(n: int = 4096) -> dict:
     def once() -> None:
         stack_batches(load_source(Source("<body>", "json", body), model_input), model_input)
 
-    seconds = median_ms(once, 5, warmup=1) / 1000
+    seconds = latency_ms(once, 5, warmup=1) / 1000
     return {"texts": n, "texts/s (decode + tokenize + batch by length + pad)": round(n / seconds)}
 
 
@@ -145,7 +134,7 @@ def train_throughput(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    ms = median_ms(step, args.repeats)
+    ms = latency_ms(step, args.repeats)
     return {
         "device": str(device),
         "amp": str(dtype) if device.type == "cuda" else "off",

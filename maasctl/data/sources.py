@@ -245,7 +245,13 @@ def _finish(
     y, target = targets.y, None
     if targets.task == "regression":
         y, target = standardize(y, parts[0], column)
-    splits = [Split(x[idx], y[idx]) for idx in parts]
+    return _assemble([Split(x[idx], y[idx]) for idx in parts], targets, spec, kind, target, notes)
+
+
+def _assemble(
+    splits: list[Split], targets: Any, spec: dict[str, Any], kind: str, target: Any, notes: list[str]
+) -> Dataset:
+    """The dataset of three splits, with what the targets say about the task and the labels."""
     return Dataset(
         *splits,
         labels=targets.labels,
@@ -303,15 +309,7 @@ def load_npz(cfg: schema.NpzData, seed: int, task: str = "auto") -> Dataset:
         both, target = standardize(np.concatenate([y, y_test]), parts[0], "y")
         y, y_test = both[: len(y)], both[len(y) :]
     splits = [Split(x_main[i], y[i]) for i in parts] + [Split(prepare(given_test[0][keep[~main] - n_main]), y_test)]
-    return Dataset(
-        *splits,
-        labels=targets.labels,
-        preprocessing=spec,
-        input_kind=kind,
-        task=targets.task,
-        target=target,
-        notes=targets.notes,
-    )
+    return _assemble(splits, targets, spec, kind, target, targets.notes)
 
 
 def _npz_targets(all_y: np.ndarray, n_main: int, names: list[str] | None, task: str, path: Path) -> Targets:

@@ -17,6 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 from helpers import (
     Gate,
+    file_adder,
     file_onnx_model,
     http,
     infer,
@@ -36,35 +37,6 @@ from maasctl.serve.dataplane import DataPlane
 from maasctl.serve.models import VersionPolicy
 
 X = np.array([[1.0, 2.0]], dtype=np.float32)
-
-
-def file_adder(repo: Path, version: int, corrupt: bool = False) -> Path:
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "c"], ["y"])],
-        "adder",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[numpy_helper.from_array(np.full((2,), version, dtype=np.float32), "c")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    # Staged and renamed into place, as export files a version: a polling server never sees half a version.
-    staged = file_onnx_model(
-        repo.parent / f".staging-{repo.name}-{version}",
-        "adder",
-        model,
-        version=version,
-        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
-        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
-    )
-    if corrupt:
-        with open(staged / "model.onnx", "ab") as f:
-            f.write(b"\0")  # the manifest's sha256 no longer matches
-    folder = repo / "adder" / str(version)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staged.rename(folder)
-    return folder
 
 
 def served_by(base: str, version: str | None = None) -> int:

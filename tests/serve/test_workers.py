@@ -5,11 +5,10 @@ answer says which version computed it."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from helpers import (
-    file_onnx_model,
+    file_adder,
     free_port,
     http,
     infer,
@@ -22,29 +21,6 @@ from helpers import (
 )
 
 X = np.arange(8, dtype=np.float32).reshape(4, 2)  # a full batch (--max-batch-size 4): it runs at once
-
-
-def file_adder(repo: Path, version: int) -> None:
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "c"], ["y"])],
-        "adder",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        initializer=[numpy_helper.from_array(np.full((2,), version, dtype=np.float32), "c")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    staged = file_onnx_model(
-        repo.parent / f".staging-{version}",
-        "adder",
-        model,
-        version=version,
-        inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
-        outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
-    )
-    (repo / "adder").mkdir(parents=True, exist_ok=True)
-    staged.rename(repo / "adder" / str(version))
 
 
 def listening_sockets(port: int) -> int:
