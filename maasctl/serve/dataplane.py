@@ -22,7 +22,7 @@ from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
 from maasctl.serve.batching import BackendError, BatchingConfig, Overloaded, TimedOut
 from maasctl.serve.memory import BodyBudget
-from maasctl.serve.models import ServedModels, VersionPolicy
+from maasctl.serve.models import ServedModels, ServedVersion, VersionPolicy
 
 log = logging.getLogger("maasctl.serve")
 
@@ -85,12 +85,8 @@ class DataPlane:
         self, name: str, version: str | None, body: bytes, header_length: str | None
     ) -> tuple[bytes, dict[str, str]]:
         served = self.served.get(name, version)
-        model = served.model
-        with self.counted(model):
-            served.batcher.raise_if_full()
-            request = decode_request(body, header_length, served.signature)
-            outputs = await served.batcher.infer(request.inputs, request.outputs)
-            response = InferResponse(name, str(model.version), outputs, request.id, request.binary_outputs)
+        with self.counted(served.model):  # encoding included: a response that cannot be sent is a failure
+            response = await self._run(served, lambda signature: decode_request(body, header_length, signature))
             return encode_response(response)
 
     async def predict(self, name: str, version: str | None, read: ReadUpload) -> dict[str, Any]:
@@ -132,12 +128,18 @@ class DataPlane:
         """`infer` for a transport with its own codec (gRPC): `decode` turns its message into a request checked
         against the model's signature. Counted, queue-limited and batched as `infer`."""
         served = self.served.get(name, version)
+        with self.counted(served.model):
+            return await self._run(served, decode)
+
+    @staticmethod
+    async def _run(served: ServedVersion, decode: Callable[[TensorSignature], InferRequest]) -> InferResponse:
+        """One infer request on a served version: refused at once when its queue is full (before decoding),
+        decoded against its signature, batched."""
+        served.batcher.raise_if_full()
+        request = decode(served.signature)
+        outputs = await served.batcher.infer(request.inputs, request.outputs)
         model = served.model
-        with self.counted(model):
-            served.batcher.raise_if_full()
-            request = decode(served.signature)
-            outputs = await served.batcher.infer(request.inputs, request.outputs)
-            return InferResponse(name, str(model.version), outputs, request.id)
+        return InferResponse(model.name, str(model.version), outputs, request.id, request.binary_outputs)
 
     @contextlib.contextmanager
     def counted(self, model: LoadedModel) -> Iterator[None]:
