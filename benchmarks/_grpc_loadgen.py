@@ -16,6 +16,7 @@ import sys
 import time
 
 import grpc
+from _loadgen import drive  # the same load loop and report as the REST load generator (run from benchmarks/)
 
 from maasctl.protocol import oip_pb2 as pb
 
@@ -50,39 +51,7 @@ async def run(spec: dict) -> dict:
     message.inputs.add(name=spec["input"], datatype="FP32", shape=spec["shape"])
     message.raw_input_contents.append(base64.b64decode(spec["raw_b64"]))
     request = message.SerializeToString()
-    t0 = time.perf_counter()
-    state = {
-        "sent": 0,
-        "errors": 0,
-        "bytes_in": 0,
-        "max_requests": spec["max_requests"],
-        "count_from": t0 + spec.get("warmup_s", 0.0),
-        "stop_at": t0 + spec.get("warmup_s", 0.0) + spec["duration_s"],
-    }
-    latencies: list[float] = []
-    tasks = [asyncio.create_task(_connection(spec, request, state, latencies)) for _ in range(spec["concurrency"])]
-    done, pending = await asyncio.wait(tasks, timeout=spec.get("warmup_s", 0.0) + spec["duration_s"] + 30)
-    for t in pending:
-        t.cancel()
-    failures = [repr(t.exception()) for t in done if t.exception() is not None]
-    elapsed = time.perf_counter() - state["count_from"]
-    latencies.sort()
-
-    def pct(q: float) -> float | None:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
-
-    return {
-        "ok": len(latencies),
-        "errors": state["errors"],
-        "first_error": state.get("first_error"),
-        "connection_failures": failures[:3],
-        "elapsed_s": elapsed,
-        "rps": len(latencies) / elapsed,
-        "p50_s": pct(0.5),
-        "p90_s": pct(0.9),
-        "p99_s": pct(0.99),
-        "mean_s": sum(latencies) / len(latencies) if latencies else None,
-    }
+    return await drive(spec, request, _connection)
 
 
 def main() -> None:

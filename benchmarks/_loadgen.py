@@ -61,6 +61,12 @@ async def run(spec: dict) -> dict:
     request = (
         f"POST {spec['path']} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     ).encode() + body
+    return await drive(spec, request, _connection)
+
+
+async def drive(spec: dict, request: bytes, connection) -> dict:
+    """`spec["concurrency"]` connections sending `request` for the duration after the warm-up, each made by
+    `connection(spec, request, state, latencies)`; the counts and latency quantiles of the measured part."""
     t0 = time.perf_counter()
     state = {
         "sent": 0,
@@ -71,7 +77,7 @@ async def run(spec: dict) -> dict:
         "stop_at": t0 + spec.get("warmup_s", 0.0) + spec["duration_s"],
     }
     latencies: list[float] = []
-    tasks = [asyncio.create_task(_connection(spec, request, state, latencies)) for _ in range(spec["concurrency"])]
+    tasks = [asyncio.create_task(connection(spec, request, state, latencies)) for _ in range(spec["concurrency"])]
     # Hard bound: the duration plus a grace period for the last responses.
     done, pending = await asyncio.wait(tasks, timeout=spec.get("warmup_s", 0.0) + spec["duration_s"] + 30)
     for t in pending:
