@@ -254,13 +254,11 @@ def prune(
     json_: bool = JSON,
 ) -> None:
     """Remove whole channels from a run's best checkpoint (Torch-Pruning), fine-tune, and write a new run."""
-    from maasctl.train.prune import check_target
-
-    target = check_target(ratio, macs)  # before torch loads: a bad target answers at once
     from maasctl.train.progress import epoch_reporter
-    from maasctl.train.prune import prune_run
+    from maasctl.train.prune import check_target, prune_run
     from maasctl.train.rundir import find_run_dir
 
+    target = check_target(ratio, macs)  # a bad target or run: refused before any work
     parent = find_run_dir(run, artifacts / "runs")
     with epoch_reporter(_stderr(), epochs) as on_epoch:
         result = prune_run(
