@@ -178,18 +178,11 @@ def prune_run(
     _importance(importance)  # an unknown criterion fails before any work
     if epochs < 1:
         raise UsageError(f"--epochs {epochs}: fine-tune for 1 epoch or more")
-    recipe = with_model_defaults(load_recipe(parent / "recipe.yaml"))
-    ckpt = load_checkpoint(parent / "checkpoints" / "best.pt")
-    meta = ckpt["meta"]
-    model = build_model_from_meta(meta, weights_follow=True)
-    model.load_state_dict(ckpt["model"])
-    head = check_prunable(model, meta, parent)
+    recipe, meta, model, head = _load_parent(parent)
     data = build_dataset(recipe.data, recipe.train.seed, recipe.task)
     batch = (torch.as_tensor(data.train.x[:CALIBRATION]), torch.as_tensor(data.train.y[:CALIBRATION]))
     macs_before, params_before = count(model.eval(), batch[0])
-    log(
-        f"pruning {meta['model_name']} ({params_before:,} parameters) to {target.describe()} by {importance} importance"
-    )
+    log(f"pruning {meta['model_name']} ({params_before:,} parameters) to {target.describe()}, {importance} importance")
     prune_model(model, head, batch, Objective(recipe.train, data, torch.device("cpu")), target, importance, round_to)
     macs_after, params_after = count(model, batch[0])
     # The record is against the factory's model, so a pruned run pruned again still records every narrowed layer.
@@ -201,8 +194,7 @@ def prune_run(
         "parent_run": str(parent.resolve()),
         "parent_recipe_sha256": meta["recipe_sha256"],
         "target": {"ratio": target.ratio} if target.ratio is not None else {"macs": target.macs},
-        "importance": importance,
-        "round_to": round_to,
+        **{"importance": importance, "round_to": round_to},
         "torch_pruning": _tp_version(),
         "params_before": params_before,
         "params_after": params_after,
@@ -221,6 +213,17 @@ def prune_run(
     summary = json.loads((run_dir / "summary.json").read_text())
     atomic_write_json(run_dir / "summary.json", {**summary, "pruning": pruning})
     return PruneResult(run_dir, pruning)
+
+
+def _load_parent(parent: Path) -> tuple[Recipe, dict[str, Any], nn.Module, str]:
+    """The parent's recipe, its best checkpoint's metadata and model, and the classifier's name; refused when the
+    pruner does not cover the architecture."""
+    recipe = with_model_defaults(load_recipe(parent / "recipe.yaml"))
+    ckpt = load_checkpoint(parent / "checkpoints" / "best.pt")
+    meta = ckpt["meta"]
+    model = build_model_from_meta(meta, weights_follow=True)
+    model.load_state_dict(ckpt["model"])
+    return recipe, meta, model, check_prunable(model, meta, parent)
 
 
 def _unpruned(params: dict[str, Any]) -> dict[str, Any]:
