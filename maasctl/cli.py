@@ -245,7 +245,9 @@ def prune(
     importance: str = typer.Option(
         "l1", "--importance", help="which channels go: l1 | l2 (weight norms) | taylor | random"
     ),
-    epochs: int = typer.Option(3, "--epochs", help="fine-tuning epochs after pruning (the run's recipe otherwise)"),
+    epochs: int = typer.Option(
+        3, "--epochs", help="fine-tuning epochs after pruning, with the run's own recipe and data"
+    ),
     lr: float | None = typer.Option(None, "--lr", help="fine-tuning peak learning rate (default: the run's)"),
     round_to: int | None = typer.Option(None, "--round-to", min=1, help="keep channel counts multiples of this"),
     name: str | None = typer.Option(None, "--name", help="the new run's name (default: the recipe's name + -pruned)"),

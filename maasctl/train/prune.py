@@ -175,9 +175,7 @@ def prune_run(
     from maasctl.train.rundir import create_run_dir
     from maasctl.train.trainer import Trainer
 
-    _importance(importance)  # an unknown criterion fails before any work
-    if epochs < 1:
-        raise UsageError(f"--epochs {epochs}: fine-tune for 1 epoch or more")
+    _check_options(importance, epochs, lr, device)
     recipe, meta, model, head = _load_parent(parent)
     data = build_dataset(recipe.data, recipe.train.seed, recipe.task)
     batch = (torch.as_tensor(data.train.x[:CALIBRATION]), torch.as_tensor(data.train.y[:CALIBRATION]))
@@ -213,6 +211,17 @@ def prune_run(
     summary = json.loads((run_dir / "summary.json").read_text())
     atomic_write_json(run_dir / "summary.json", {**summary, "pruning": pruning})
     return PruneResult(run_dir, pruning)
+
+
+def _check_options(importance: str, epochs: int, lr: float | None, device: str | None) -> None:
+    """The fine-tuning options, before any work."""
+    _importance(importance)
+    if epochs < 1:
+        raise UsageError(f"--epochs {epochs}: fine-tune for 1 epoch or more")
+    if lr is not None and lr <= 0:
+        raise UsageError(f"--lr {lr}: give a learning rate above 0")
+    if device is not None and device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: use auto, cpu or cuda")
 
 
 def _load_parent(parent: Path) -> tuple[Recipe, dict[str, Any], nn.Module, str]:

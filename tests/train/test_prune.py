@@ -162,6 +162,8 @@ def test_bad_input_exits_2_and_writes_nothing(ws, tmp_path):
         (empty, {}, "no checkpoint at"),
         (runs / "digits", {"importance": "size"}, "--importance 'size': use one of l1, l2, taylor, random"),
         (runs / "digits", {"epochs": 0}, "--epochs 0: fine-tune for 1 epoch or more"),
+        (runs / "digits", {"lr": 0.0}, "--lr 0.0: give a learning rate above 0"),
+        (runs / "digits", {"device": "tpu"}, "--device 'tpu': use auto, cpu or cuda"),
     ]:
         with pytest.raises(UsageError, match=message):
             prune_run(parent, runs, target=target, **options)
