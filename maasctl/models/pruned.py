@@ -93,3 +93,29 @@ def load_pretrained(model: nn.Module, spec: str, name: str) -> None:
         spec = str(folder / "checkpoints" / "best.pt")
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     load_torchvision(model, spec, name=name, head=f"{linear[-1]}." if linear else "\0")
+
+
+def pretrained_hint(spec: Any) -> str:
+    """When `pretrained` names a pruned run's checkpoint, how to load it (its shapes go beside it); else ""."""
+    from pathlib import Path
+
+    if not isinstance(spec, str):
+        return ""
+    file = Path(spec.removeprefix("run:")).expanduser()
+    for candidate in (
+        file,
+        file / "checkpoints" / "best.pt",
+        Path("artifacts") / "runs" / file / "checkpoints" / "best.pt",
+    ):
+        if candidate.is_file():
+            try:
+                meta = torch.load(candidate, map_location="cpu", weights_only=True).get("meta") or {}
+            except Exception:  # not a maasctl checkpoint: no hint to give
+                return ""
+            if "pruned" in (meta.get("model_params") or {}):
+                return (
+                    f"{candidate} comes from a pruned run: give its layer shapes beside pretrained, "
+                    "model.params.pruned as in that run's recipe.yaml."
+                )
+            return ""
+    return ""

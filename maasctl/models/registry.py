@@ -110,9 +110,17 @@ def create_model(
         data_args["vocab_size"] = vocab_size
     if config is not None:  # a pretrained encoder's architecture, saved with its checkpoint (models/hf.py)
         data_args["config"] = config
-    if pruned is None:
+    if pruned is not None:
+        return _pruned(entry, data_args, params, pruned)
+    try:
         return entry.factory(**data_args, **params)
-    return _pruned(entry, data_args, params, pruned)
+    except UsageError as exc:  # weights that do not fit: say so when they come from a pruned run
+        from maasctl.models.pruned import pretrained_hint
+
+        hint = pretrained_hint(params.get("pretrained"))
+        if hint:
+            raise UsageError(f"{exc} {hint}") from None
+        raise
 
 
 def _pruned(entry: ModelEntry, data_args: dict[str, Any], params: dict[str, Any], pruned: Any):

@@ -108,6 +108,8 @@ def test_pruned_shapes_round_trip_without_pickle(name, shape, tmp_path):
         params = {"pruned": meta["model_params"]["pruned"], "pretrained": str(tmp_path / "best.pt")}
         started = create_model(name, input_shape=shape, num_classes=3, **params).eval()
         assert torch.equal(started(x), model(x))
+        with pytest.raises(UsageError, match="comes from a pruned run: give its layer shapes beside pretrained"):
+            create_model(name, input_shape=shape, num_classes=3, pretrained=params["pretrained"])
 
 
 def test_macs_target_and_taylor_importance():
