@@ -13,7 +13,15 @@ import typer
 
 from maasctl.errors import EXIT_UNAVAILABLE, MaasctlError
 
-TRAIN_EXTRA = {"torch", "torchvision", "onnx", "onnxscript", "matplotlib", "transformers"}  # pyproject's `train` extra
+TRAIN_EXTRA = {
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxscript",
+    "matplotlib",
+    "transformers",
+    "torch_pruning",
+}  # pyproject's `train` extra
 EXIT_CODES = "Exit codes: 0 success, 1 a check failed, 2 usage or input error, 3 model or server unavailable."
 
 app = typer.Typer(
@@ -223,6 +231,69 @@ def export(
     _log(f"filed {result.name} version {result.version} at {result.path}")
     if json_:
         _emit_json(result.to_json())
+
+
+@app.command()
+def prune(
+    run: str = typer.Argument(..., help="a run name under artifacts/runs, or a run folder path"),
+    ratio: float | None = typer.Option(
+        None,
+        "--ratio",
+        help="share of each layer's channels to remove, 0 < r < 1 (default 0.5 when --macs is not given)",
+    ),
+    macs: float | None = typer.Option(None, "--macs", help="share of the multiply-accumulates to remove, 0 < m < 1"),
+    importance: str = typer.Option(
+        "l1", "--importance", help="which channels go: l1 | l2 (weight norms) | taylor | random"
+    ),
+    epochs: int = typer.Option(
+        3, "--epochs", help="fine-tuning epochs after pruning, with the run's own recipe and data"
+    ),
+    lr: float | None = typer.Option(None, "--lr", help="fine-tuning peak learning rate (default: the run's)"),
+    round_to: int | None = typer.Option(None, "--round-to", min=1, help="keep channel counts multiples of this"),
+    name: str | None = typer.Option(None, "--name", help="the new run's name (default: the recipe's name + -pruned)"),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda for fine-tuning (default: the run's)"),
+    artifacts: Path = ARTIFACTS,
+    json_: bool = JSON,
+) -> None:
+    """Remove whole channels from a run's best checkpoint (Torch-Pruning), fine-tune, and write a new run."""
+    from maasctl.train.progress import epoch_reporter
+    from maasctl.train.prune import check_target, prune_run
+    from maasctl.train.rundir import find_run_dir
+
+    target = check_target(ratio, macs)  # a bad target or run: refused before any work
+    parent = find_run_dir(run, artifacts / "runs")
+    with epoch_reporter(_stderr(), epochs) as on_epoch:
+        result = prune_run(
+            parent,
+            artifacts / "runs",
+            target=target,
+            importance=importance,
+            epochs=epochs,
+            lr=lr,
+            name=name,
+            device=device,
+            round_to=round_to,
+            log=_log,
+            on_epoch=on_epoch,
+        )
+    p = result.pruning
+    _log(
+        f"{result.run_dir}: parameters {p['params_before']:,} → {p['params_after']:,}, MACs {p['macs_before']:,} → "
+        f"{p['macs_after']:,}; {_pruned_line(p)}"
+    )
+    if json_:
+        _emit_json({"run_dir": str(result.run_dir), "pruning": p})
+
+
+def _pruned_line(p: dict[str, Any]) -> str:
+    """Test accuracy (or RMSE) of the parent, of the pruned model before fine-tuning, and after."""
+    key = "test_accuracy" if "test_accuracy" in p["metrics_after"] else "test_rmse"
+    fmt = (lambda v: f"{v:.2%}") if key == "test_accuracy" else (lambda v: f"{v:.4g}")
+    parent = p["parent_metrics"].get(key)
+    return (
+        f"{key.removeprefix('test_')} {fmt(parent) if parent is not None else '?'} (parent) → "
+        f"{fmt(p['metrics_before_finetune'][key])} (pruned) → {fmt(p['metrics_after'][key])} (fine-tuned)"
+    )
 
 
 # long: typer declares each of the command's options in its signature

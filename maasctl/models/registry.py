@@ -99,6 +99,7 @@ def create_model(
             f"model.name: {name} takes {' or '.join(entry.inputs)} inputs, but this data gives {input_kind} "
             f"of shape {list(input_shape)}; models for {input_kind}: {', '.join(fitting)}"
         )
+    pruned = params.pop("pruned", None)  # any model: the layers `maasctl prune` narrowed (maasctl/models/pruned.py)
     unknown = [k for k in params if k not in entry.params]
     if unknown:
         raise UsageError(
@@ -109,7 +110,29 @@ def create_model(
         data_args["vocab_size"] = vocab_size
     if config is not None:  # a pretrained encoder's architecture, saved with its checkpoint (models/hf.py)
         data_args["config"] = config
-    return entry.factory(**data_args, **params)
+    if pruned is not None:
+        return _pruned(entry, data_args, params, pruned)
+    try:
+        return entry.factory(**data_args, **params)
+    except UsageError as exc:  # weights that do not fit: say so when they come from a pruned run
+        from maasctl.models.pruned import pretrained_hint
+
+        hint = pretrained_hint(params.get("pretrained"))
+        if hint:
+            raise UsageError(f"{exc} {hint}") from None
+        raise
+
+
+def _pruned(entry: ModelEntry, data_args: dict[str, Any], params: dict[str, Any], pruned: Any):
+    """The factory's model cut down to the pruned shapes; `pretrained` weights (a pruned run's checkpoint) load
+    after the cut, since they have the pruned shapes."""
+    from maasctl.models import pruned as pruning
+
+    pretrained = params.pop("pretrained", None)
+    model = pruning.apply(entry.factory(**data_args, **params), pruned)
+    if pretrained is not None:
+        pruning.load_pretrained(model, str(pretrained), entry.name)
+    return model
 
 
 def build_model_from_meta(meta: dict[str, Any], *, weights_follow: bool = False):

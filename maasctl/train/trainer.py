@@ -99,14 +99,15 @@ class Trainer:
     the same module, wrapped in DistributedDataParallel under torchrun and compiled with train.compile.
     """
 
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, *, data: Dataset | None = None) -> None:
+        """`data`: the recipe's dataset when the caller has already built it (`maasctl prune` prunes on it first)."""
         recipe = with_model_defaults(recipe)  # data keys left null take the pretrained model's values (timm)
         cfg = recipe.train
         self.recipe = recipe
         self.dist = ddp.env_from_torchrun()
         self.device = ddp.rank_device(self.dist, resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)
-        self.data = build_dataset(recipe.data, cfg.seed, recipe.task)
+        self.data = data if data is not None else build_dataset(recipe.data, cfg.seed, recipe.task)
         self.objective = Objective(cfg, self.data, self.device)  # loss, metrics, best metric for the task
         self.meta = _model_meta(recipe, self.data)
         self.accel: Accel = resolve_accel(cfg, self.device, input_ndim=1 + len(self.data.input_shape))
@@ -214,6 +215,18 @@ class Trainer:
 
     def close(self) -> None:
         ddp.destroy_process_group()
+
+    def score(self, split: str) -> dict[str, Any]:
+        """The model as it stands on one split (loss and the task's metrics), e.g. before training starts."""
+        return evaluate(
+            self.model,
+            self.data,
+            split,
+            self.device,
+            accel=self.accel,
+            feed=self._feed(split),
+            objective=self.objective,
+        )
 
     def fit(
         self,
