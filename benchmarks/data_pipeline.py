@@ -142,7 +142,13 @@ for split in (data.train, data.validation, data.test):
 
 
 def bench_memory(
-    sizes: list[int], root: Path, model: str, model_params: list[str], loader_only: bool = False, link: int = 0
+    sizes: list[int],
+    root: Path,
+    model: str,
+    model_params: list[str],
+    loader_only: bool = False,
+    link: int = 0,
+    max_batches: int = 0,
 ) -> list[dict[str, Any]]:
     rows = []
     params = [a for p in model_params for a in ("--set", f"model.params.{p}")]
@@ -162,10 +168,18 @@ def bench_memory(
             "--set", "data.source=image_folder", "--set", f"data.root={folder}", "--set", f"data.image_size=[{SIZE},{SIZE}]",
             "--set", f"model.name={model}", *params, "--set", "train.epochs=1", "--set", f"train.batch_size={BATCH}",
             "--set", f"train.data_workers={WORKERS}", "--set", "train.tensorboard=false",
+            *(["--set", f"train.max_batches_per_epoch={max_batches}"] if max_batches else []),
         ]  # fmt: skip
         gib, seconds, rc = peak_memory(cmd, run)
         rows.append(
-            {"images": n, "model": model, "peak_pss_gib": round(gib, 3), "seconds": round(seconds, 1), "exit": rc}
+            {
+                "images": n,
+                "model": model,
+                "max_batches": max_batches or None,
+                "peak_pss_gib": round(gib, 3),
+                "seconds": round(seconds, 1),
+                "exit": rc,
+            }
         )
         print(json.dumps(rows[-1]), flush=True)
     if len(rows) == 2:
@@ -379,6 +393,12 @@ def main() -> None:
     parser.add_argument(
         "--link", type=int, default=0, help="memory: sizes above this are hard links to this many generated JPEGs"
     )
+    parser.add_argument(
+        "--max-batches",
+        type=int,
+        default=0,
+        help="memory: train.max_batches_per_epoch (validation and test stay whole); 0: the whole training split",
+    )
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--a-epochs", type=int, default=6)
@@ -388,7 +408,7 @@ def main() -> None:
     root = args.root or Path(tempfile.mkdtemp(prefix="maasctl-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     if args.what == "memory":
-        bench_memory(args.sizes, root, args.model, args.params, args.loader_only, args.link)
+        bench_memory(args.sizes, root, args.model, args.params, args.loader_only, args.link, args.max_batches)
     elif args.what == "speed":
         bench_speed(args.images, root, args.rounds, args.model, args.params)
     else:

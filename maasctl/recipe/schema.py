@@ -346,6 +346,12 @@ class TrainConfig(Section):
         "and copied over (pinned memory, non_blocking) for datasets larger than the GPU; auto = device on CPU, and on CUDA "
         "for the splits that fit together in half of the free GPU memory, host for the others",
     )
+    max_batches_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="train on at most this many batches per epoch and process (the first of the epoch's shuffled "
+        "order; validation and test stay whole); null: the whole training split. For smoke runs and benchmarks",
+    )
     data_workers: int | Literal["auto"] = Field(
         "auto",
         description="DataLoader worker processes per training process (0 to 64, or auto): for streamed images "
