@@ -114,6 +114,17 @@ class StreamedImages(Section):
         description="share of image files that may be unreadable (skipped, listed in skipped.csv); above it training "
         "refuses to start",
     )
+    cache: Literal["none", "ram", "disk"] = Field(
+        "none",
+        description="keep each image after decoding and the deterministic resize (the shorter side to image_size / "
+        "crop_fraction, as evaluation resizes; augmentation then starts from it) as uint8, so later epochs skip the "
+        "decode: ram = shared memory of the training process and its workers; disk = memory-mapped files under "
+        "cache_dir, reused by later runs while the files (path, size, mtime) and the resize are the same; refused "
+        "when the estimate exceeds the available memory or disk",
+    )
+    cache_dir: str | None = Field(
+        None, description="data.cache disk: where the cache lives; null: $XDG_CACHE_HOME/maasctl/images (~/.cache)"
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
