@@ -3,13 +3,17 @@ and fine-tuning from a related run.
 
     python benchmarks/data_pipeline.py memory --sizes 2000 20000      # peak memory of `maasctl train`, process + workers
     python benchmarks/data_pipeline.py speed --images 2000            # loader and training-epoch images/s vs torchvision
+    python benchmarks/data_pipeline.py cache --images 2000            # loader images/s per epoch, data.cache none/ram/disk
     python benchmarks/data_pipeline.py finetune                        # pretrained (run:A) vs scratch on dataset B
 
 memory: N generated 256x256 JPEGs in 10 class folders, `maasctl train` (--model, default mobilenet_v3_small; image_size
 224, one epoch, train.data_workers 2) in a subprocess; the peak of the summed PSS (proportional set size: shared pages counted
 once across the processes) of the process and its DataLoader workers, sampled every 0.1 s from /proc. Target: the
-peak at 20,000 images at most 1.2x the peak at 2,000. --loader-only: the same measure for maasctl's data pipeline
-alone (StreamFeed over every split, 2 workers, batches of 64, no model), which is quicker on a slow machine.
+peak at 20,000 images at most 1.2x the peak at 2,000. --max-batches N bounds each training epoch to N batches
+(train.max_batches_per_epoch; validation and test stay whole), so the 20,000-image run finishes on a slow machine.
+--link M: the sizes above M are hard links to M generated JPEGs (each listed, split, read and decoded as a file of
+its own). --loader-only: the same measure for maasctl's data pipeline alone (StreamFeed over every split, 2
+workers, batches of 64, no model).
 
 speed: the same folder, the same workers (2), batch size (64), transforms (resize the shorter side to 224, centre
 crop 224, uint8, normalised after the copy) and model (--model, AdamW lr 3e-3, constant), in one process, alternating:
@@ -18,6 +22,10 @@ crop 224, uint8, normalised after the copy) and model (--model, AdamW lr 3e-3, c
   training - images/s of one training epoch (maasctl: Trainer.fit's data wait + compute seconds from metrics.csv;
              hand-written: the loop over the ImageFolder loader, forward, backward, step).
 Target: at least 0.95x.
+
+cache: the training loader (random-resized-crop [0.08, 1] + flip, 2 workers, batches of 64) over the training
+split of --images JPEGs, images/s per epoch without a cache, with data.cache ram and with data.cache disk (a fresh
+one); epoch 1 decodes and fills the cache, later epochs read it.
 
 finetune: dataset A (6 shape classes, 80 images each, 32x32) trains timm/test_resnet for --a-epochs; dataset B (4 of
 those shapes in other colours, 15 images each) trains from scratch and from run:A (its best checkpoint; the head is
@@ -313,6 +321,49 @@ def _param(kv: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+# --- data.cache ------------------------------------------------------------------------------------------------
+
+
+def bench_cache(n: int, root: Path, epochs: int) -> dict[str, Any]:
+    """Images/s of the training loader (random-resized-crop + flip, 2 workers, batches of 64) per epoch, without a
+    cache and with data.cache ram and disk (a fresh disk cache under `root`); epoch 1 fills the cache."""
+    import shutil
+
+    import torch
+
+    from maasctl.data import build_dataset
+    from maasctl.recipe import load_recipe
+    from maasctl.train.streaming import StreamFeed, train_transform
+
+    folder = make_folder(root, n)
+    out: dict[str, Any] = {"images": n, "workers": WORKERS, "batch": BATCH}
+    for kind in ("none", "ram", "disk"):
+        shutil.rmtree(root / "cache", ignore_errors=True)
+        recipe = load_recipe(
+            None,
+            [
+                "data.source=image_folder", f"data.root={folder}", f"data.image_size=[{SIZE},{SIZE}]",
+                "data.augment.random_resized_crop=[0.08,1.0]", "data.augment.horizontal_flip=true",
+                f"data.cache={kind}", f"data.cache_dir={root / 'cache'}",
+            ],
+        )  # fmt: skip
+        data = build_dataset(recipe.data, 0)
+        transform = train_transform(data.augment, data.preprocessing)
+        feed = StreamFeed(data.train, torch.device("cpu"), workers=WORKERS, transform=transform, persistent=True)
+        rates = []
+        for _ in range(epochs):
+            start = time.perf_counter()
+            for _x, _y in feed.batches(BATCH, torch.randperm(len(data.train.y))):
+                pass
+            rates.append(round(len(data.train.y) / (time.perf_counter() - start), 1))
+        out[kind] = {"images_per_s_by_epoch": rates}
+        if feed.cache is not None:
+            out[kind]["cache_gib"] = round(data.train.x.cache.nbytes / 2**30, 3)
+        print(kind, json.dumps(out[kind]), flush=True)
+        del feed
+    return out
+
+
 # --- fine-tuning -----------------------------------------------------------------------------------------------
 
 
@@ -385,7 +436,7 @@ def bench_finetune(root: Path, a_epochs: int, b_epochs: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["memory", "speed", "finetune"])
+    parser.add_argument("what", choices=["memory", "speed", "cache", "finetune"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--model", default="mobilenet_v3_small", help="memory, speed: the model trained")
     parser.add_argument("--params", nargs="*", default=[], help="memory, speed: model.params as KEY=VALUE")
@@ -401,6 +452,7 @@ def main() -> None:
     )
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="cache: loader epochs per setting")
     parser.add_argument("--a-epochs", type=int, default=6)
     parser.add_argument("--b-epochs", type=int, default=6)
     parser.add_argument("--root", type=Path, default=None, help="where to keep the generated images (default: temp)")
@@ -409,6 +461,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     if args.what == "memory":
         bench_memory(args.sizes, root, args.model, args.params, args.loader_only, args.link, args.max_batches)
+    elif args.what == "cache":
+        bench_cache(args.images, root, args.epochs)
     elif args.what == "speed":
         bench_speed(args.images, root, args.rounds, args.model, args.params)
     else:
