@@ -267,12 +267,15 @@ def plan_cache(splits: list[StreamedImages], sizes: list[np.ndarray], kind: str,
         plans.append(CachePlan(kind, shapes, spec["channels"]))
     need = sum(p.nbytes for p in plans)
     if kind == "ram":
-        have = _available_memory()
+        # each training process on this machine (torchrun) holds a cache of its own
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        need, have = need * processes, _available_memory()
         if need > RAM_SHARE * have:
+            held = f" ({processes} processes, one cache each)" if processes > 1 else ""
             raise UsageError(
-                f"data.cache ram: the resized images need {_gib(need)} and this machine has {_gib(have)} of memory "
-                f"available (the cache may take {RAM_SHARE:.0%} of it). Use data.cache: disk, a smaller image_size, "
-                "or data.cache: none (decode every epoch)."
+                f"data.cache ram: the resized images need {_gib(need)}{held} and this machine has {_gib(have)} of "
+                f"memory available (the cache may take {RAM_SHARE:.0%} of it). Use data.cache: disk, a smaller "
+                "image_size, or data.cache: none (decode every epoch)."
             )
     else:
         root = Path(cache_dir) if cache_dir else _default_cache_dir()
