@@ -88,10 +88,13 @@ class ResizedCache:
         return flat.reshape((h, w) if self.channels == 1 else (h, w, self.channels))
 
     def put(self, i: int, image: np.ndarray) -> None:
+        """Keep a freshly decoded image (and count the decode)."""
+        self.decodes[i] += 1
+        if image.shape[:2] != tuple(self.shapes[i]):  # the header's size was not the decoded one: left uncached
+            return
         pixels, filled = self._arrays()
         pixels[self.offsets[i] : self.offsets[i + 1]] = image.reshape(-1)
         filled[i] = 1
-        self.decodes[i] += 1
 
 
 def _create_disk_cache(path: Path, total: int, n: int) -> None:
