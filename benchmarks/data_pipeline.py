@@ -25,7 +25,9 @@ Target: at least 0.95x.
 
 cache: the training loader (random-resized-crop [0.08, 1] + flip, 2 workers, batches of 64) over the training
 split of --images JPEGs, images/s per epoch without a cache, with data.cache ram and with data.cache disk (a fresh
-one); epoch 1 decodes and fills the cache, later epochs read it.
+one), the three taking their epochs in turn; epoch 1 decodes and fills the cache, later epochs read it. Then the
+CPU time per image of the workers' work (decode or cache read, crop, flip, to tensor) over 400 images, in this
+process on one thread as in a worker, the least of 3 passes: unlike images/s, it hardly moves with other load.
 
 finetune: dataset A (6 shape classes, 80 images each, 32x32) trains timm/test_resnet for --a-epochs; dataset B (4 of
 those shapes in other colours, 15 images each) trains from scratch and from run:A (its best checkpoint; the head is
@@ -325,8 +327,9 @@ def _param(kv: str) -> tuple[str, Any]:
 
 
 def bench_cache(n: int, root: Path, epochs: int) -> dict[str, Any]:
-    """Images/s of the training loader (random-resized-crop + flip, 2 workers, batches of 64) per epoch, without a
-    cache and with data.cache ram and disk (a fresh disk cache under `root`); epoch 1 fills the cache."""
+    """Images/s of the training loader (random-resized-crop + flip, 2 workers each, batches of 64) per epoch, without
+    a cache and with data.cache ram and disk (a fresh disk cache under `root`); epoch 1 fills the cache. The three
+    loaders take their epochs in turn (none, ram, disk, none, ...), so a change in the machine's load hits all three."""
     import shutil
 
     import torch
@@ -336,9 +339,9 @@ def bench_cache(n: int, root: Path, epochs: int) -> dict[str, Any]:
     from maasctl.train.streaming import StreamFeed, train_transform
 
     folder = make_folder(root, n)
-    out: dict[str, Any] = {"images": n, "workers": WORKERS, "batch": BATCH}
+    shutil.rmtree(root / "cache", ignore_errors=True)
+    feeds, rates = {}, {}
     for kind in ("none", "ram", "disk"):
-        shutil.rmtree(root / "cache", ignore_errors=True)
         recipe = load_recipe(
             None,
             [
@@ -349,19 +352,43 @@ def bench_cache(n: int, root: Path, epochs: int) -> dict[str, Any]:
         )  # fmt: skip
         data = build_dataset(recipe.data, 0)
         transform = train_transform(data.augment, data.preprocessing)
-        feed = StreamFeed(data.train, torch.device("cpu"), workers=WORKERS, transform=transform, persistent=True)
-        rates = []
-        for _ in range(epochs):
+        feeds[kind] = (StreamFeed(data.train, torch.device("cpu"), workers=WORKERS, transform=transform), data.train)
+        rates[kind] = []
+    for _ in range(epochs):
+        for kind, (feed, train) in feeds.items():
             start = time.perf_counter()
-            for _x, _y in feed.batches(BATCH, torch.randperm(len(data.train.y))):
+            for _x, _y in feed.batches(BATCH, torch.randperm(len(train.y))):
                 pass
-            rates.append(round(len(data.train.y) / (time.perf_counter() - start), 1))
-        out[kind] = {"images_per_s_by_epoch": rates}
+            rates[kind].append(round(len(train.y) / (time.perf_counter() - start), 1))
+    out: dict[str, Any] = {"images": n, "train_split": len(train.y), "workers": WORKERS, "batch": BATCH}
+    for kind, (feed, train) in feeds.items():
+        out[kind] = {"images_per_s_by_epoch": rates[kind], "cpu_ms_per_image": _cpu_per_image(feed, train)}
         if feed.cache is not None:
-            out[kind]["cache_gib"] = round(data.train.x.cache.nbytes / 2**30, 3)
+            out[kind]["cache_gib"] = round(train.x.cache.nbytes / 2**30, 3)
+            out[kind]["decodes"] = int(feed.cache.decodes.sum())
         print(kind, json.dumps(out[kind]), flush=True)
-        del feed
     return out
+
+
+def _cpu_per_image(feed: Any, train: Any, count: int = 400) -> float:
+    """CPU milliseconds (this process's, so other load on the machine barely counts) a worker spends per training
+    image: the same dataset and transform as `feed`'s workers, with its cache as the epochs above left it."""
+    import torch
+
+    from maasctl.train.streaming import ImageFiles
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker; idle intra-op threads spinning would count as CPU time
+    ds = ImageFiles(train.x.files, train.y, train.x.spec, feed._loader.dataset.transform, feed.cache)
+    count = min(count, len(ds))
+    best = float("inf")
+    for _ in range(3):  # the least of 3 passes: the cost of the work, not of what else the machine ran meanwhile
+        start = time.process_time()
+        for i in range(count):
+            ds[i]
+        best = min(best, time.process_time() - start)
+    torch.set_num_threads(threads)
+    return round(1000 * best / count, 2)
 
 
 # --- fine-tuning -----------------------------------------------------------------------------------------------
