@@ -3,13 +3,17 @@ and fine-tuning from a related run.
 
     python benchmarks/data_pipeline.py memory --sizes 2000 20000      # peak memory of `maasctl train`, process + workers
     python benchmarks/data_pipeline.py speed --images 2000            # loader and training-epoch images/s vs torchvision
+    python benchmarks/data_pipeline.py cache --images 2000            # loader images/s per epoch, data.cache none/ram/disk
     python benchmarks/data_pipeline.py finetune                        # pretrained (run:A) vs scratch on dataset B
 
 memory: N generated 256x256 JPEGs in 10 class folders, `maasctl train` (--model, default mobilenet_v3_small; image_size
 224, one epoch, train.data_workers 2) in a subprocess; the peak of the summed PSS (proportional set size: shared pages counted
 once across the processes) of the process and its DataLoader workers, sampled every 0.1 s from /proc. Target: the
-peak at 20,000 images at most 1.2x the peak at 2,000. --loader-only: the same measure for maasctl's data pipeline
-alone (StreamFeed over every split, 2 workers, batches of 64, no model), which is quicker on a slow machine.
+peak at 20,000 images at most 1.2x the peak at 2,000. --max-batches N bounds each training epoch to N batches
+(train.max_batches_per_epoch; validation and test stay whole), so the 20,000-image run finishes on a slow machine.
+--link M: the sizes above M are hard links to M generated JPEGs (each listed, split, read and decoded as a file of
+its own). --loader-only: the same measure for maasctl's data pipeline alone (StreamFeed over every split, 2
+workers, batches of 64, no model).
 
 speed: the same folder, the same workers (2), batch size (64), transforms (resize the shorter side to 224, centre
 crop 224, uint8, normalised after the copy) and model (--model, AdamW lr 3e-3, constant), in one process, alternating:
@@ -18,6 +22,12 @@ crop 224, uint8, normalised after the copy) and model (--model, AdamW lr 3e-3, c
   training - images/s of one training epoch (maasctl: Trainer.fit's data wait + compute seconds from metrics.csv;
              hand-written: the loop over the ImageFolder loader, forward, backward, step).
 Target: at least 0.95x.
+
+cache: the training loader (random-resized-crop [0.08, 1] + flip, 2 workers, batches of 64) over the training
+split of --images JPEGs, images/s per epoch without a cache, with data.cache ram and with data.cache disk (a fresh
+one), the three taking their epochs in turn; epoch 1 decodes and fills the cache, later epochs read it. Then the
+CPU time per image of the workers' work (decode or cache read, crop, flip, to tensor) over 400 images, in this
+process on one thread as in a worker, the least of 3 passes: unlike images/s, it hardly moves with other load.
 
 finetune: dataset A (6 shape classes, 80 images each, 32x32) trains timm/test_resnet for --a-epochs; dataset B (4 of
 those shapes in other colours, 15 images each) trains from scratch and from run:A (its best checkpoint; the head is
@@ -142,7 +152,13 @@ for split in (data.train, data.validation, data.test):
 
 
 def bench_memory(
-    sizes: list[int], root: Path, model: str, model_params: list[str], loader_only: bool = False, link: int = 0
+    sizes: list[int],
+    root: Path,
+    model: str,
+    model_params: list[str],
+    loader_only: bool = False,
+    link: int = 0,
+    max_batches: int = 0,
 ) -> list[dict[str, Any]]:
     rows = []
     params = [a for p in model_params for a in ("--set", f"model.params.{p}")]
@@ -162,10 +178,18 @@ def bench_memory(
             "--set", "data.source=image_folder", "--set", f"data.root={folder}", "--set", f"data.image_size=[{SIZE},{SIZE}]",
             "--set", f"model.name={model}", *params, "--set", "train.epochs=1", "--set", f"train.batch_size={BATCH}",
             "--set", f"train.data_workers={WORKERS}", "--set", "train.tensorboard=false",
+            *(["--set", f"train.max_batches_per_epoch={max_batches}"] if max_batches else []),
         ]  # fmt: skip
         gib, seconds, rc = peak_memory(cmd, run)
         rows.append(
-            {"images": n, "model": model, "peak_pss_gib": round(gib, 3), "seconds": round(seconds, 1), "exit": rc}
+            {
+                "images": n,
+                "model": model,
+                "max_batches": max_batches or None,
+                "peak_pss_gib": round(gib, 3),
+                "seconds": round(seconds, 1),
+                "exit": rc,
+            }
         )
         print(json.dumps(rows[-1]), flush=True)
     if len(rows) == 2:
@@ -299,6 +323,74 @@ def _param(kv: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+# --- data.cache ------------------------------------------------------------------------------------------------
+
+
+def bench_cache(n: int, root: Path, epochs: int) -> dict[str, Any]:
+    """Images/s of the training loader (random-resized-crop + flip, 2 workers each, batches of 64) per epoch, without
+    a cache and with data.cache ram and disk (a fresh disk cache under `root`); epoch 1 fills the cache. The three
+    loaders take their epochs in turn (none, ram, disk, none, ...), so a change in the machine's load hits all three."""
+    import shutil
+
+    import torch
+
+    from maasctl.data import build_dataset
+    from maasctl.recipe import load_recipe
+    from maasctl.train.streaming import StreamFeed, train_transform
+
+    folder = make_folder(root, n)
+    shutil.rmtree(root / "cache", ignore_errors=True)
+    feeds, rates = {}, {}
+    for kind in ("none", "ram", "disk"):
+        recipe = load_recipe(
+            None,
+            [
+                "data.source=image_folder", f"data.root={folder}", f"data.image_size=[{SIZE},{SIZE}]",
+                "data.augment.random_resized_crop=[0.08,1.0]", "data.augment.horizontal_flip=true",
+                f"data.cache={kind}", f"data.cache_dir={root / 'cache'}",
+            ],
+        )  # fmt: skip
+        data = build_dataset(recipe.data, 0)
+        transform = train_transform(data.augment, data.preprocessing)
+        feeds[kind] = (StreamFeed(data.train, torch.device("cpu"), workers=WORKERS, transform=transform), data.train)
+        rates[kind] = []
+    for _ in range(epochs):
+        for kind, (feed, train) in feeds.items():
+            start = time.perf_counter()
+            for _x, _y in feed.batches(BATCH, torch.randperm(len(train.y))):
+                pass
+            rates[kind].append(round(len(train.y) / (time.perf_counter() - start), 1))
+    out: dict[str, Any] = {"images": n, "train_split": len(train.y), "workers": WORKERS, "batch": BATCH}
+    for kind, (feed, train) in feeds.items():
+        out[kind] = {"images_per_s_by_epoch": rates[kind], "cpu_ms_per_image": _cpu_per_image(feed, train)}
+        if feed.cache is not None:
+            out[kind]["cache_gib"] = round(train.x.cache.nbytes / 2**30, 3)
+            out[kind]["decodes"] = int(feed.cache.decodes.sum())
+        print(kind, json.dumps(out[kind]), flush=True)
+    return out
+
+
+def _cpu_per_image(feed: Any, train: Any, count: int = 400) -> float:
+    """CPU milliseconds (this process's, so other load on the machine barely counts) a worker spends per training
+    image: the same dataset and transform as `feed`'s workers, with its cache as the epochs above left it."""
+    import torch
+
+    from maasctl.train.streaming import ImageFiles
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker; idle intra-op threads spinning would count as CPU time
+    ds = ImageFiles(train.x.files, train.y, train.x.spec, feed._loader.dataset.transform, feed.cache)
+    count = min(count, len(ds))
+    best = float("inf")
+    for _ in range(3):  # the least of 3 passes: the cost of the work, not of what else the machine ran meanwhile
+        start = time.process_time()
+        for i in range(count):
+            ds[i]
+        best = min(best, time.process_time() - start)
+    torch.set_num_threads(threads)
+    return round(1000 * best / count, 2)
+
+
 # --- fine-tuning -----------------------------------------------------------------------------------------------
 
 
@@ -371,7 +463,7 @@ def bench_finetune(root: Path, a_epochs: int, b_epochs: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["memory", "speed", "finetune"])
+    parser.add_argument("what", choices=["memory", "speed", "cache", "finetune"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--model", default="mobilenet_v3_small", help="memory, speed: the model trained")
     parser.add_argument("--params", nargs="*", default=[], help="memory, speed: model.params as KEY=VALUE")
@@ -379,8 +471,15 @@ def main() -> None:
     parser.add_argument(
         "--link", type=int, default=0, help="memory: sizes above this are hard links to this many generated JPEGs"
     )
+    parser.add_argument(
+        "--max-batches",
+        type=int,
+        default=0,
+        help="memory: train.max_batches_per_epoch (validation and test stay whole); 0: the whole training split",
+    )
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="cache: loader epochs per setting")
     parser.add_argument("--a-epochs", type=int, default=6)
     parser.add_argument("--b-epochs", type=int, default=6)
     parser.add_argument("--root", type=Path, default=None, help="where to keep the generated images (default: temp)")
@@ -388,7 +487,9 @@ def main() -> None:
     root = args.root or Path(tempfile.mkdtemp(prefix="maasctl-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     if args.what == "memory":
-        bench_memory(args.sizes, root, args.model, args.params, args.loader_only, args.link)
+        bench_memory(args.sizes, root, args.model, args.params, args.loader_only, args.link, args.max_batches)
+    elif args.what == "cache":
+        bench_cache(args.images, root, args.epochs)
     elif args.what == "speed":
         bench_speed(args.images, root, args.rounds, args.model, args.params)
     else:

@@ -117,17 +117,23 @@ def eval_transform(img: Any, spec: dict[str, Any]) -> Any:
     from PIL import Image
 
     h, w = spec["height"], spec["width"]
-    fraction = spec.get("crop_fraction", 1.0)
-    target_h, target_w = math.floor(h / fraction), math.floor(w / fraction)
-    iw, ih = img.size
-    if target_h / ih >= target_w / iw:  # the height binds: it gets the target exactly, the width follows
-        new_h, new_w = target_h, max(w, int(target_h * iw / ih))
-    else:
-        new_w, new_h = target_w, max(h, int(target_w * ih / iw))
-    if (new_w, new_h) != (iw, ih):
+    new_w, new_h = eval_resize_size(img.size, spec)
+    if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), Image.Resampling[spec.get("interpolation", "bilinear").upper()])
     top, left = round((new_h - h) / 2.0), round((new_w - w) / 2.0)
     return img.crop((left, top, left + w, top + h))
+
+
+def eval_resize_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:
+    """(width, height) `eval_transform` resizes an image of `size` (width, height) to before it crops. An image of the
+    returned size maps to itself, so an image cached at this size is cropped to exactly what the file gives."""
+    h, w = spec["height"], spec["width"]
+    fraction = spec.get("crop_fraction", 1.0)
+    target_h, target_w = math.floor(h / fraction), math.floor(w / fraction)
+    iw, ih = size
+    if target_h / ih >= target_w / iw:  # the height binds: it gets the target exactly, the width follows
+        return max(w, int(target_h * iw / ih)), target_h
+    return target_w, max(h, int(target_w * ih / iw))
 
 
 # --- tabular -------------------------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ which gives the same float32 tensors serving builds (`preprocess.load_image` + `
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,7 @@ import numpy as np
 
 from maasctl.data.datasets import Dataset, Split, check_splits, encode_labels, stratified_split
 from maasctl.errors import UsageError, did_you_mean
-from maasctl.preprocess import load_image, normalize_images, streamed_image_spec
+from maasctl.preprocess import eval_resize_size, load_image, normalize_images, streamed_image_spec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -36,6 +39,7 @@ class ImageIndex:
     classes: list[str]
     ignored: int = 0  # files beside the images that are not images (by suffix): not read, counted
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): unreadable, left out
+    sizes: np.ndarray | None = None  # (N, 2) width, height of each image upright (EXIF orientation), from its header
 
 
 class StreamedImages:
@@ -47,6 +51,7 @@ class StreamedImages:
     def __init__(self, files: np.ndarray, spec: dict[str, Any]) -> None:
         self.files = files  # a numpy array of str, not a list: forked workers then share it without copying pages
         self.spec = spec
+        self.cache: CachePlan | None = None  # data.cache: set by `plan_cache`, opened by the training feed
         self.dtype = np.dtype(np.float32)
 
     @property
@@ -155,7 +160,9 @@ def check_readable(index: ImageIndex, max_unreadable: float, where: str) -> Imag
     """Open every file's header (no decoding; threads, since it is I/O) and leave out the unreadable ones, or refuse
     when they are more than `max_unreadable` of the files."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        problems = list(pool.map(_header_problem, index.files))
+        headers = list(pool.map(_header, index.files))
+    problems = [p for p, _ in headers]
+    index.sizes = np.array([size for _, size in headers], dtype=np.int64).reshape(-1, 2)
     bad = [i for i, p in enumerate(problems) if p]
     if not bad:
         return index
@@ -174,19 +181,24 @@ def check_readable(index: ImageIndex, max_unreadable: float, where: str) -> Imag
         index.classes,
         index.ignored,
         [(index.files[i], str(problems[i])) for i in bad],
+        index.sizes[good],
     )
 
 
-def _header_problem(file: str) -> str | None:
+def _header(file: str) -> tuple[str | None, tuple[int, int]]:
+    """(why the file cannot be read or None, its (width, height) upright), from the header alone."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(file) as img:
             if img.width < 1 or img.height < 1:
-                return "empty image"
+                return "empty image", (0, 0)
+            # EXIF orientations 5-8 turn the image a quarter (open_image applies them): width and height swap
+            turned = img.getexif().get(0x0112) in (5, 6, 7, 8)
+            return None, (img.height, img.width) if turned else (img.width, img.height)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": ")
-    return None
+        why = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": ")
+        return why, (0, 0)
 
 
 def streamed_dataset(index: ImageIndex, cfg: Any, seed: int) -> Dataset:
@@ -207,6 +219,8 @@ def streamed_dataset(index: ImageIndex, cfg: Any, seed: int) -> Dataset:
     spec = streamed_image_spec(h, w, cfg.channels, mean, std, cfg.crop_fraction or 1.0, cfg.interpolation or "bilinear")
     files = np.array(index.files)
     splits = [Split(x=StreamedImages(files[idx], spec), y=index.labels[idx]) for idx in parts]  # type: ignore[arg-type]
+    if getattr(cfg, "cache", "none") != "none":
+        plan_cache([s.x for s in splits], [index.sizes[idx] for idx in parts], cfg.cache, cfg.cache_dir)
     extra = {"skipped": index.skipped, "ignored_files": index.ignored, "streamed": True}
     return Dataset(
         *splits, labels=index.classes, preprocessing=spec, input_kind="image", augment=cfg.augment, extra=extra
@@ -221,3 +235,94 @@ def load_image_folder(cfg: Any, seed: int) -> Dataset:
 def load_image_csv(cfg: Any, seed: int) -> Dataset:
     index = read_image_csv(Path(cfg.path), cfg.path_column, cfg.label_column)
     return streamed_dataset(check_readable(index, cfg.max_unreadable, "data.path"), cfg, seed)
+
+
+# --- data.cache: the images after the deterministic resize, uint8 --------------------------------------------------
+
+CACHE_VERSION = 1  # part of the disk cache's key: a change to what is stored makes a new cache
+RAM_SHARE = 0.8  # data.cache ram: at most this share of the available memory (the rest: model, batches, workers)
+
+
+@dataclass
+class CachePlan:
+    """Where a split's resized images are kept and each one's (height, width); opened by maasctl/train/streaming.py."""
+
+    kind: str  # "ram" or "disk"
+    shapes: np.ndarray  # (N, 2) height, width after the resize
+    channels: int
+    path: str | None = None  # disk: this split's cache folder (its name is the key)
+
+    @property
+    def nbytes(self) -> int:
+        return int((self.shapes[:, 0] * self.shapes[:, 1]).sum()) * self.channels
+
+
+def plan_cache(splits: list[StreamedImages], sizes: list[np.ndarray], kind: str, cache_dir: str | None) -> None:
+    """Give each split a CachePlan, or refuse (before anything is written) when the cache would not fit: the resized
+    size of every image is known from its header (`check_readable`), so the estimate is exact."""
+    spec = splits[0].spec
+    plans = []
+    for wh in sizes:
+        shapes = np.array([eval_resize_size((int(w), int(h)), spec)[::-1] for w, h in wh], np.int64).reshape(-1, 2)
+        plans.append(CachePlan(kind, shapes, spec["channels"]))
+    need = sum(p.nbytes for p in plans)
+    if kind == "ram":
+        # each training process on this machine (torchrun) holds a cache of its own
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        need, have = need * processes, _available_memory()
+        if need > RAM_SHARE * have:
+            held = f" ({processes} processes, one cache each)" if processes > 1 else ""
+            raise UsageError(
+                f"data.cache ram: the resized images need {_gib(need)}{held} and this machine has {_gib(have)} of "
+                f"memory available (the cache may take {RAM_SHARE:.0%} of it). Use data.cache: disk, a smaller "
+                "image_size, or data.cache: none (decode every epoch)."
+            )
+    else:
+        root = Path(cache_dir) if cache_dir else _default_cache_dir()
+        for split, plan in zip(splits, plans, strict=True):
+            plan.path = str(root / _cache_key(split.files, spec))
+        missing = sum(p.nbytes for p in plans if not Path(p.path, "pixels.u8").is_file())  # type: ignore[arg-type]
+        free = shutil.disk_usage(_existing_parent(root)).free
+        if missing > free:
+            raise UsageError(
+                f"data.cache disk: the resized images need {_gib(missing)} in {root} and its disk has {_gib(free)} "
+                "free. Point data.cache_dir at a larger disk, use a smaller image_size, or data.cache: none."
+            )
+    for split, plan in zip(splits, plans, strict=True):
+        split.cache = plan
+
+
+def _cache_key(files: np.ndarray, spec: dict[str, Any]) -> str:
+    """The files (path, size, modification time) and what is done to them (resize, colour mode), hashed."""
+    what = {k: spec.get(k) for k in ("height", "width", "crop_fraction", "interpolation", "mode", "channels")}
+    digest = hashlib.sha256(json.dumps({**what, "version": CACHE_VERSION}, sort_keys=True).encode())
+    for f in files:
+        st = os.stat(f)
+        digest.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _available_memory() -> int:
+    """MemAvailable of /proc/meminfo (Linux); elsewhere the free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "maasctl" / "images"
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"

@@ -114,6 +114,17 @@ class StreamedImages(Section):
         description="share of image files that may be unreadable (skipped, listed in skipped.csv); above it training "
         "refuses to start",
     )
+    cache: Literal["none", "ram", "disk"] = Field(
+        "none",
+        description="keep each image after decoding and the deterministic resize (the shorter side to image_size / "
+        "crop_fraction, as evaluation resizes; augmentation then starts from it) as uint8, so later epochs skip the "
+        "decode: ram = shared memory of the training process and its workers; disk = memory-mapped files under "
+        "cache_dir, reused by later runs while the files (path, size, mtime) and the resize are the same; refused "
+        "when the estimate exceeds the available memory or disk",
+    )
+    cache_dir: str | None = Field(
+        None, description="data.cache disk: where the cache lives; null: $XDG_CACHE_HOME/maasctl/images (~/.cache)"
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
@@ -345,6 +356,12 @@ class TrainConfig(Section):
         "there (fastest; the split must fit in GPU memory); host = kept in CPU memory, each batch sliced by a DataLoader "
         "and copied over (pinned memory, non_blocking) for datasets larger than the GPU; auto = device on CPU, and on CUDA "
         "for the splits that fit together in half of the free GPU memory, host for the others",
+    )
+    max_batches_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="train on at most this many batches per epoch and process (the first of the epoch's shuffled "
+        "order; validation and test stay whole); null: the whole training split. For smoke runs and benchmarks",
     )
     data_workers: int | Literal["auto"] = Field(
         "auto",

@@ -13,14 +13,17 @@ DistributedSampler does, a new one each epoch: set_epoch semantics), so each pro
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from maasctl.preprocess import eval_transform, load_image, open_image
+from maasctl.preprocess import eval_resize_size, eval_transform, load_image, open_image
 
 MAX_AUTO_WORKERS = 8  # what timm and Ultralytics default to at most
 PREFETCH_BATCHES = 4  # per worker: a step that waits on a slow file does not stall the next ones
@@ -39,23 +42,119 @@ def is_streamed(split: Any) -> bool:
     return hasattr(split.x, "files") and hasattr(split.x, "spec")
 
 
+class ResizedCache:
+    """data.cache: a split's images after the deterministic resize (`preprocess.eval_resize_size`), uint8, packed one
+    after the other in one flat buffer, with a filled flag per image. Workers fill it as they decode (first epoch) and
+    read it afterwards. Workers are separate processes, so the buffer is shared memory: ram = torch shared-memory
+    tensors (inherited by forked workers, passed by handle to spawned ones); disk = memory-mapped files in the plan's
+    folder, reopened in each process, kept for later runs. Within an epoch each image is read by one worker only, and
+    its flag is set after its pixels, so no reader sees a half-written image."""
+
+    def __init__(self, plan: Any) -> None:
+        self.shapes, self.channels, self.kind = plan.shapes, plan.channels, plan.kind
+        self.offsets = np.concatenate([[0], np.cumsum(self.shapes[:, 0] * self.shapes[:, 1] * self.channels)])
+        n, total = len(self.shapes), int(self.offsets[-1])
+        self.decodes = torch.zeros(n, dtype=torch.int32).share_memory_()  # files decoded by this run, per image
+        self.path = Path(plan.path) if plan.path else None
+        if self.path is None:
+            self._pixels = torch.empty(total, dtype=torch.uint8).share_memory_()
+            self._filled = torch.zeros(n, dtype=torch.uint8).share_memory_()
+        elif not (self.path / "filled.u8").is_file():
+            _create_disk_cache(self.path, total, n)
+        self._views: tuple[np.ndarray, np.ndarray] | None = None
+        self._pid = -1
+
+    def __getstate__(self) -> dict[str, Any]:  # spawned workers: tensors by handle; memory maps reopened there
+        return {**self.__dict__, "_views": None, "_pid": -1}
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._views is None or self._pid != os.getpid():
+            if self.path is None:
+                self._views = (self._pixels.numpy(), self._filled.numpy())
+            else:
+                self._views = (
+                    np.memmap(self.path / "pixels.u8", np.uint8, mode="r+"),
+                    np.memmap(self.path / "filled.u8", np.uint8, mode="r+"),
+                )
+            self._pid = os.getpid()
+        return self._views
+
+    def get(self, i: int) -> np.ndarray | None:
+        pixels, filled = self._arrays()
+        if not filled[i]:
+            return None
+        h, w = self.shapes[i]
+        flat = pixels[self.offsets[i] : self.offsets[i + 1]]
+        return flat.reshape((h, w) if self.channels == 1 else (h, w, self.channels))
+
+    def put(self, i: int, image: np.ndarray) -> None:
+        """Keep a freshly decoded image (and count the decode)."""
+        self.decodes[i] += 1
+        if image.shape[:2] != tuple(self.shapes[i]):  # the header's size was not the decoded one: left uncached
+            return
+        pixels, filled = self._arrays()
+        pixels[self.offsets[i] : self.offsets[i + 1]] = image.reshape(-1)
+        filled[i] = 1
+
+
+def _create_disk_cache(path: Path, total: int, n: int) -> None:
+    """The cache folder with empty (sparse) files, made aside and renamed into place: a run that stops half-way leaves
+    a folder whose flags say what is filled, and two processes creating it at once end with one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+    with open(tmp / "pixels.u8", "wb") as f:
+        f.truncate(total)
+    with open(tmp / "filled.u8", "wb") as f:
+        f.truncate(n)
+    try:
+        os.rename(tmp, path)
+    except OSError:  # made meanwhile by another process (another rank): use that one
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """(uint8 CHW tensor, class index) per file: `transform` (training) on the upright image in the model's colour
-    mode, or without one exactly the serving path, `load_image`."""
+    mode, or without one exactly the serving path, `load_image`. With a `cache`, both start from the cached image
+    after the deterministic resize; evaluation's crop of it is exactly `load_image`'s tensor."""
 
-    def __init__(self, files: np.ndarray, labels: np.ndarray, spec: dict[str, Any], transform: Any = None) -> None:
-        self.files, self.labels, self.spec, self.transform = files, labels, spec, transform
+    def __init__(
+        self,
+        files: np.ndarray,
+        labels: np.ndarray,
+        spec: dict[str, Any],
+        transform: Any = None,
+        cache: ResizedCache | None = None,
+    ) -> None:
+        self.files, self.labels, self.spec, self.transform, self.cache = files, labels, spec, transform, cache
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _resized(self, i: int) -> Any:
+        """The image from the cache, or decoded, resized as evaluation resizes, and put in the cache (PIL image)."""
+        from PIL import Image
+
+        pixels = self.cache.get(i)
+        if pixels is None:
+            img = open_image(str(self.files[i]), self.spec)
+            size = eval_resize_size(img.size, self.spec)
+            if size != img.size:  # as eval_transform: an image already at this size is not resampled
+                img = img.resize(size, Image.Resampling[self.spec.get("interpolation", "bilinear").upper()])
+            pixels = np.asarray(img, dtype=np.uint8)
+            self.cache.put(i, pixels)
+        return Image.fromarray(pixels)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        if self.transform is None:
-            # Pillow's arrays are read-only; torch wants to own writable memory (a 150 KB copy at 224x224)
-            pixels = torch.from_numpy(np.require(load_image(str(self.files[i]), self.spec), requirements="W"))
-            x = pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)
+        if self.transform is not None:
+            img = self._resized(i) if self.cache is not None else open_image(str(self.files[i]), self.spec)
+            return self.transform(img).contiguous(), int(self.labels[i])
+        if self.cache is not None:
+            pixels = np.array(eval_transform(self._resized(i), self.spec), dtype=np.uint8)
         else:
-            x = self.transform(open_image(str(self.files[i]), self.spec))
+            # Pillow's arrays are read-only; torch wants to own writable memory (a 150 KB copy at 224x224)
+            pixels = np.require(load_image(str(self.files[i]), self.spec), requirements="W")
+        x = torch.from_numpy(pixels)
+        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
         return x.contiguous(), int(self.labels[i])
 
 
@@ -143,8 +242,10 @@ class StreamFeed:
         self.device, self.n, self.prepare, self.max_batch = device, len(split.y), prepare, max_batch
         self.normalize = Normalize(split.x.spec, device)
         self._keys: list[list[int]] = []  # this pass's index batches; the batch sampler reads them in this process
+        plan = getattr(split.x, "cache", None)
+        self.cache = ResizedCache(plan) if plan is not None else None  # before the workers start: they share it
         self._loader = DataLoader(
-            ImageFiles(split.x.files, split.y, split.x.spec, transform),
+            ImageFiles(split.x.files, split.y, split.x.spec, transform, self.cache),
             batch_sampler=_Batches(self._keys),
             collate_fn=_collate,
             num_workers=workers,

@@ -117,7 +117,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.batch_size = ddp.per_rank_batch(cfg.batch_size, self.dist)  # train.batch_size is the global batch
         samples_per_rank = math.ceil(len(self.data.train.y) / self.dist.world_size)
-        steps_per_epoch = math.ceil(math.ceil(samples_per_rank / self.batch_size) / cfg.grad_accumulation)
+        batches_per_epoch = min(math.ceil(samples_per_rank / self.batch_size), cfg.max_batches_per_epoch or math.inf)
+        steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accumulation)
         # Parameter groups (head, backbone, layer-wise decay) and backbone freezing: train.finetune
         self.finetune = Finetune(recipe, self.model, steps_per_epoch)
         self.optimizer = _make_optimizer(recipe, _parameter_groups(recipe, self.model, self.finetune))
@@ -309,6 +310,8 @@ class Trainer:
         self.train_model.train()
         self.finetune.epoch_start(epoch)  # frozen layers keep their BatchNorm statistics
         order = ddp.shard(torch.randperm(train.n, generator=shuffle), self.dist)
+        if cfg.max_batches_per_epoch:
+            order = order[: cfg.max_batches_per_epoch * self.batch_size]
         # Sums stay on the device: no host sync per step (the GPU runs ahead of Python); read once per epoch.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)  # right answers, or |errors| (regression)

@@ -492,3 +492,23 @@ def test_best_metric_picks_the_checkpoint(tmp_path):
 
     proc = run_cli("train", "--set", "train.best_metric=accuracy", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "train.best_metric" in proc.stderr and "val_accuracy" in proc.stderr
+
+
+def test_max_batches_per_epoch_bounds_each_epoch_and_the_schedule(tmp_path):
+    """train.max_batches_per_epoch: each epoch trains on that many batches of its shuffled order, and the learning-rate
+    schedule spans those steps (cosine reaches 0 at the last)."""
+    from maasctl.recipe import load_recipe
+    from maasctl.train.rundir import create_run_dir
+    from maasctl.train.trainer import Trainer
+
+    trainer = Trainer(
+        load_recipe(
+            None, ["train.device=cpu", "train.batch_size=100", "train.epochs=2", "train.max_batches_per_epoch=3"]
+        )
+    )
+    calls = []  # (step, steps in the epoch, samples so far); the last step of each epoch is always reported
+    trainer.fit(create_run_dir(tmp_path, "r"), on_step=lambda done, steps, n, _loss: calls.append((done, steps, n)))
+    trainer.close()
+    assert {steps for _, steps, _ in calls} == {3}
+    assert [c for c in calls if c[0] == 3] == [(3, 3, 300), (3, 3, 300)]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
