@@ -4,7 +4,8 @@ The reference `benchmarks/serve.py` measures `maasctl serve` against, not a prod
     python benchmarks/lean_probe.py MODEL.onnx PORT [--metrics] [--validate]
 
 A raw ASGI callable under uvicorn (uvloop + httptools, as maasctl gets them), orjson, one asyncio batching task
-feeding one onnxruntime thread (up to 32 rows a run, no queue delay: maasctl's defaults). No validation, no
+feeding one onnxruntime thread (up to 32 rows a run, no queue delay: maasctl's defaults; the session made as
+maasctl serve makes it, onnxruntime's threads not spinning between runs). No validation, no
 metrics, no middleware, no routing beyond a prefix test; a request it cannot read gets a bare 400.
 
 `--metrics` adds what maasctl counts per request (a success counter and a latency histogram, prometheus-client,
@@ -32,6 +33,7 @@ class Probe:
     def __init__(self, onnx_path: str, metrics: bool = False, validate: bool = False) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as maasctl serve makes it
         self.session = ort.InferenceSession(onnx_path, sess_options=options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
