@@ -8,6 +8,12 @@ a closed-loop asyncio (uvloop when installed) HTTP/1.1 keep-alive client in its 
 the server's event loop (it does share the machine's cores). Every request carries one digits sample
 (1x1x8x8 FP32). Sections:
 
+0. wrk -t1 -c16 (a C load generator, far cheaper per request than the Python one: a system package,
+   `apt-get install -y wrk`; the section says so and is skipped when it is missing), JSON v2 bodies: maasctl serve
+   (defaults: validation, batching, metrics on) vs benchmarks/lean_probe.py (a raw ASGI callable, one batching task,
+   no validation or metrics: the reference) vs the FastAPI app, rounds alternating, ratios per round; plus the
+   median latency at 1 connection (wrk -c1). Targets: >= 0.9x the probe, median within 0.2 ms of its.
+   `--wrk-only` runs only this; `--probe-variants` adds the probe with maasctl's metrics, validation, and both.
 1. throughput at 16 connections, JSON v2 bodies: maasctl serve (defaults: dynamic batching up to 32 rows, no
    queue delay) vs benchmarks/_baseline_app.py: a hand-written FastAPI app running one onnxruntime call per
    request (the issue's yardstick; `pip install -e '.[bench]'`, skipped when FastAPI is missing), and the same
@@ -238,7 +244,7 @@ def main() -> None:
     parser.add_argument(
         "--probe-variants",
         action="store_true",
-        help="section 0 also measures the probe with maasctl's metrics, and with its validation (what each costs)",
+        help="section 0 also measures the probe with maasctl's metrics, with its validation, and with both",
     )
     args = parser.parse_args()
 
@@ -462,7 +468,11 @@ def probe_section(
     contenders = {"maasctl": ours}
     variants = [("probe", [])]
     if args.probe_variants:
-        variants += [("probe+metrics", ["--metrics"]), ("probe+validate", ["--validate"])]
+        variants += [
+            ("probe+metrics", ["--metrics"]),
+            ("probe+validate", ["--validate"]),
+            ("probe+both", ["--metrics", "--validate"]),
+        ]
     for name, flags in variants:
         port = free_port()
         cmd = [sys.executable, str(HERE / "lean_probe.py"), str(onnx_path), str(port), *flags]
