@@ -90,19 +90,12 @@ class ModelBatcher:
         # One thread of its own runs the model's batches (one at a time, as the worker awaits each): cheaper per
         # batch than asyncio.to_thread (no context copy, no pool bookkeeping), and always the same warm thread.
         self._thread: ThreadPoolExecutor | None = None
+        self._to_observe: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []  # for the drift window
         self.drift: Any = None  # a maasctl.drift.DriftMonitor, set when the manifest has training statistics
 
     async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run."""
-        loop = asyncio.get_running_loop()
-        self._ensure_worker(loop)
-        self.raise_if_full()
-        rows, key = self._rows_and_key(inputs)
-        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
-        self._pending.append(request)
-        self._m_pending.set(len(self._pending))
-        assert self._arrived is not None
-        self._arrived.set()
+        request = self.submit(inputs, outputs)
         timeout = self.config.request_timeout_s
         if timeout is None:
             return await request.future
@@ -114,6 +107,19 @@ class ModelBatcher:
             raise TimedOut(
                 f"model {self.model.name!r}: no result within {timeout:g} s (--request-timeout-s); it was still {where}"
             ) from None
+
+    def submit(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> _Request:
+        """Queue a request (503 when the queue is full); its `future` gets the outputs once its batch has run."""
+        loop = asyncio.get_running_loop()
+        self._ensure_worker(loop)
+        self.raise_if_full()
+        rows, key = self._rows_and_key(inputs)
+        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
+        self._pending.append(request)
+        self._m_pending.set(len(self._pending))
+        assert self._arrived is not None
+        self._arrived.set()
+        return request
 
     def raise_if_full(self) -> None:
         """503 when the queue is full; called before decoding too, so an overloaded server refuses cheaply."""
@@ -216,6 +222,11 @@ class ModelBatcher:
             await self._run(batch)
         finally:
             self._running = []
+        for observed in self._to_observe:
+            # The drift window takes the batch on the event loop, queued behind the requests the batch has just
+            # answered: in the model's thread it held the GIL while those requests waited for their answers.
+            loop.call_soon(self.drift.observe, *observed)
+        self._to_observe.clear()
 
     async def _run(self, batch: list[_Request]) -> None:
         if not batch:
@@ -229,9 +240,11 @@ class ModelBatcher:
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"maasctl-{self.model.name}")
             rows = sum(r.rows for r in batch)
-            results = await asyncio.get_running_loop().run_in_executor(
+            results, sliced = await asyncio.get_running_loop().run_in_executor(
                 self._thread, self._timed_run, feeds, names, rows
             )
+            if self.drift is not None and not sliced:
+                self._to_observe.append((feeds, results))
         except Exception as exc:
             if len(batch) > 1:
                 # One request's values may have spoiled the batch: run each alone, so each gets its own answer.
@@ -259,18 +272,17 @@ class ModelBatcher:
             _settle(request, {name: results[name][start:end] for name in (request.outputs or self._output_order)})
             start = end
 
-    def _timed_run(self, feeds: dict[str, np.ndarray], names: list[str], rows: int) -> dict[str, np.ndarray]:
+    def _timed_run(self, feeds: dict[str, np.ndarray], names: list[str], rows: int) -> tuple[dict[str, Any], bool]:
+        """The batch's outputs, and whether it ran in slices (more rows than a batch)."""
         limit = self.config.max_batch_size
         if self.batchable and rows > limit and all(a.ndim and a.shape[0] == rows for a in feeds.values()):
-            return self._run_in_slices(feeds, names, rows, limit)
+            return self._run_in_slices(feeds, names, rows, limit), True
         start = time.perf_counter()
         results = self.model.run(feeds, names)
         self._m_compute.observe(time.perf_counter() - start)
         self._m_exec.inc()
         self._m_count.inc(rows)
-        if self.drift is not None:  # here, in the worker thread, once per batch: off the event loop
-            self.drift.observe(feeds, results)
-        return results
+        return results, False
 
     def _run_in_slices(
         self, feeds: dict[str, np.ndarray], names: list[str], rows: int, limit: int
