@@ -240,11 +240,15 @@ class ModelBatcher:
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"maasctl-{self.model.name}")
             rows = sum(r.rows for r in batch)
-            results, sliced = await asyncio.get_running_loop().run_in_executor(
+            results, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._thread, self._timed_run, feeds, names, rows
             )
-            if self.drift is not None and not sliced:
-                self._to_observe.append((feeds, results))
+            if seconds is not None:  # one execution (a sliced one counted itself, slice by slice)
+                self._m_compute.observe(seconds)
+                self._m_exec.inc()
+                self._m_count.inc(rows)
+                if self.drift is not None:
+                    self._to_observe.append((feeds, results))
         except Exception as exc:
             if len(batch) > 1:
                 # One request's values may have spoiled the batch: run each alone, so each gets its own answer.
@@ -272,17 +276,18 @@ class ModelBatcher:
             _settle(request, {name: results[name][start:end] for name in (request.outputs or self._output_order)})
             start = end
 
-    def _timed_run(self, feeds: dict[str, np.ndarray], names: list[str], rows: int) -> tuple[dict[str, Any], bool]:
-        """The batch's outputs, and whether it ran in slices (more rows than a batch)."""
+    def _timed_run(
+        self, feeds: dict[str, np.ndarray], names: list[str], rows: int
+    ) -> tuple[dict[str, Any], float | None]:
+        """The batch's outputs and the seconds its one execution took; None when it ran in slices (more rows than
+        a batch), which count themselves. Only the model runs here: any other Python in this thread holds the GIL
+        while the event loop waits for it, so the metrics are taken on the loop."""
         limit = self.config.max_batch_size
         if self.batchable and rows > limit and all(a.ndim and a.shape[0] == rows for a in feeds.values()):
-            return self._run_in_slices(feeds, names, rows, limit), True
+            return self._run_in_slices(feeds, names, rows, limit), None
         start = time.perf_counter()
         results = self.model.run(feeds, names)
-        self._m_compute.observe(time.perf_counter() - start)
-        self._m_exec.inc()
-        self._m_count.inc(rows)
-        return results, False
+        return results, time.perf_counter() - start
 
     def _run_in_slices(
         self, feeds: dict[str, np.ndarray], names: list[str], rows: int, limit: int
