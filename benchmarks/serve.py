@@ -8,6 +8,12 @@ a closed-loop asyncio (uvloop when installed) HTTP/1.1 keep-alive client in its 
 the server's event loop (it does share the machine's cores). Every request carries one digits sample
 (1x1x8x8 FP32). Sections:
 
+0. wrk -t1 -c16 (a C load generator, far cheaper per request than the Python one: a system package,
+   `apt-get install -y wrk`; the section says so and is skipped when it is missing), JSON v2 bodies: maasctl serve
+   (defaults: validation, batching, metrics on) vs benchmarks/lean_probe.py (a raw ASGI callable, one batching task,
+   no validation or metrics: the reference) vs the FastAPI app, rounds alternating, ratios per round; plus the
+   median latency at 1 connection (wrk -c1). Targets: >= 0.9x the probe, median within 0.2 ms of its.
+   `--wrk-only` runs only this; `--probe-variants` adds the probe with maasctl's metrics, validation, and both.
 1. throughput at 16 connections, JSON v2 bodies: maasctl serve (defaults: dynamic batching up to 32 rows, no
    queue delay) vs benchmarks/_baseline_app.py: a hand-written FastAPI app running one onnxruntime call per
    request (the issue's yardstick; `pip install -e '.[bench]'`, skipped when FastAPI is missing), and the same
@@ -44,6 +50,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import _wrk
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -232,6 +239,13 @@ def main() -> None:
     parser.add_argument(
         "--only-new", action="store_true", help="run sections 5 and 6 only (the gRPC and --workers comparisons)"
     )
+    parser.add_argument("--no-wrk", action="store_true", help="skip section 0 (wrk: maasctl vs the lean probe)")
+    parser.add_argument("--wrk-only", action="store_true", help="run section 0 only")
+    parser.add_argument(
+        "--probe-variants",
+        action="store_true",
+        help="section 0 also measures the probe with maasctl's metrics, with its validation, and with both",
+    )
     args = parser.parse_args()
 
     maasctl = shutil.which("maasctl", path=os.path.dirname(sys.executable)) or shutil.which("maasctl")
@@ -281,9 +295,13 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
         check_answers(s, path, bodies, expected, binary=False)
         return s
 
+    fastapi = start_baseline("fastapi") if not args.only_new and importlib.util.find_spec("fastapi") else None
+    if not args.only_new and not args.no_wrk:
+        probe_section(args, tmp, ours, fastapi, onnx_path, path, bodies, expected, servers)
+        if args.wrk_only:
+            return
     if not args.only_new:
         base = start_baseline("starlette")
-        fastapi = start_baseline("fastapi") if importlib.util.find_spec("fastapi") else None
         no_delay = start_maasctl("maasctl-delay0", "--max-queue-delay-ms", "0")
 
     grpc_port = free_port()
@@ -426,6 +444,98 @@ def run(args: argparse.Namespace, maasctl: str, tmp: Path, servers: list[Server]
 
     grpc_and_workers()
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f}")
+
+
+def probe_section(
+    args,
+    tmp: Path,
+    ours: Server,
+    fastapi: Server | None,
+    onnx_path: Path,
+    path: str,
+    bodies: dict,
+    expected: np.ndarray,
+    servers: list[Server],
+) -> None:
+    """Section 0: maasctl serve (defaults) vs the lean probe (benchmarks/lean_probe.py) vs the FastAPI app, with
+    wrk -t1 -c16 for throughput and -c1 for the median latency; rounds alternate, the contender that opens a
+    round rotates, and ratios are taken within each round (the machine is shared: absolute figures swing)."""
+    if not _wrk.available():
+        print(f"\n0. skipped: {_wrk.MISSING}")
+        if args.wrk_only:
+            raise SystemExit(_wrk.MISSING)
+        return
+    contenders = {"maasctl": ours}
+    variants = [("probe", [])]
+    if args.probe_variants:
+        variants += [
+            ("probe+metrics", ["--metrics"]),
+            ("probe+validate", ["--validate"]),
+            ("probe+both", ["--metrics", "--validate"]),
+        ]
+    for name, flags in variants:
+        port = free_port()
+        cmd = [sys.executable, str(HERE / "lean_probe.py"), str(onnx_path), str(port), *flags]
+        contenders[name] = s = Server(name, cmd, port, tmp / f"{name}.log", tmp)
+        servers.append(s)
+        check_answers(s, path, bodies, expected, binary=False)
+    if fastapi is not None:
+        contenders["fastapi"] = fastapi
+    body, headers = bodies["json"]
+    lua = _wrk.script(tmp, body, headers)
+    seconds, names = max(1, round(args.duration)), list(contenders)
+    for server in contenders.values():  # warm-up
+        _wrk.run(f"http://127.0.0.1:{server.port}{path}", lua, 16, 1)
+    runs: dict[str, list[dict]] = {k: [] for k in names}
+    for i in range(args.repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            server = contenders[name]
+            url = f"http://127.0.0.1:{server.port}{path}"
+            cpu0 = server.cpu_seconds()
+            r = _wrk.run(url, lua, 16, seconds)
+            r["cpu_us"] = (server.cpu_seconds() - cpu0) / max(r["requests"], 1) * 1e6
+            r["p50_1conn_s"] = _wrk.run(url, lua, 1, max(1, seconds // 2))["p50_s"]
+            if r["non_2xx"] or r["socket_errors"]:
+                raise SystemExit(f"{name}: errors under load: {r}")
+            runs[name].append(r)
+    _print_probe_section(args, runs, seconds)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def _print_probe_section(args, runs: dict[str, list[dict]], seconds: int) -> None:
+    labels = {"maasctl": "maasctl serve", "probe": "lean probe", "fastapi": "FastAPI app"}
+    print(
+        f"\n0. wrk -t1 -c16 ({seconds} s runs), JSON v2 bodies, {args.repeats} alternating rounds; 1-connection "
+        "median from wrk -c1 (targets: maasctl >= 0.9x the lean probe, 1-connection median within 0.2 ms of it)"
+    )
+    print(f"   {'server':<16} {'req/s q1 / median / q3':>26}  {'CPU us/req':>10}  {'1-conn p50 ms q1 / med / q3':>28}")
+    for name, rs in runs.items():
+        q = _quartiles([r["rps"] for r in rs])
+        lat = _quartiles([r["p50_1conn_s"] * 1e3 for r in rs])
+        cpu = statistics.median(r["cpu_us"] for r in rs)
+        print(
+            f"   {labels.get(name, name):<16} {q[0]:8.0f} / {q[1]:6.0f} / {q[2]:6.0f}  {cpu:10.0f}  "
+            f"{lat[0]:8.3f} / {lat[1]:6.3f} / {lat[2]:6.3f}"
+        )
+    for other in [k for k in runs if k != "maasctl"]:
+        ratios = [a["rps"] / b["rps"] for a, b in zip(runs["maasctl"], runs[other])]
+        q = _quartiles(ratios)
+        print(
+            f"   maasctl / {labels.get(other, other):<14} {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f}; "
+            f"rounds {[round(x, 2) for x in ratios]})"
+        )
+    if "probe" in runs:
+        gaps = [(a["p50_1conn_s"] - b["p50_1conn_s"]) * 1e3 for a, b in zip(runs["maasctl"], runs["probe"])]
+        q = _quartiles(gaps)
+        print(f"   1-conn median, maasctl - probe: {q[1]:+.3f} ms (per-round quartiles {q[0]:+.3f} / {q[2]:+.3f})")
+    print("   single runs req/s: " + ", ".join(f"{k} {[round(r['rps']) for r in v]}" for k, v in runs.items()))
+    print(f"   load average after section 0: {os.getloadavg()[0]:.1f}")
 
 
 def _make_model(maasctl: str, tmp: Path) -> Path:

@@ -241,7 +241,7 @@ def _decode_input(i: int, item: dict[str, Any], binary: bytes, offset: int, sign
     if datatype != expected_type:
         raise InvalidInput(f"input {name!r}: datatype {datatype} given, the model takes {expected_type}")
     shape = item.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):  # bool is not int here
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
     _check_shape(name, shape, expected_shape)
     params = _parameters(item.get("parameters"), f"input {name!r} parameters")
@@ -288,13 +288,14 @@ def _from_json(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
     if not kinds <= {int, float}:  # strings, nulls, objects, and true/false for a numeric type
         raise InvalidInput(f"input {name!r}: data must be numbers for datatype {datatype}")
     if target.kind == "f":
-        # Straight into the target type, no float64 copy in between. JSON has no infinities: one here is a
-        # value beyond the type's range.
-        with np.errstate(over="ignore"):
-            array = _as_array(data, target, shape, name)
-        if not np.isfinite(array).all():
-            raise InvalidInput(f"input {name!r}: values out of range for {datatype}")
-        return array
+        # Straight into the target type, no float64 copy in between. orjson yields no infinity or NaN (JSON has
+        # none), so the only non-finite value can be one beyond the type's range: numpy's cast flags it (raised
+        # here, which costs less than checking the array after).
+        try:
+            with np.errstate(over="raise"):
+                return _as_array(data, target, shape, name)
+        except FloatingPointError:
+            raise InvalidInput(f"input {name!r}: values out of range for {datatype}") from None
     if float in kinds:
         probe = _as_array(data, np.dtype(np.float64), shape, name)
         if not (np.isfinite(probe).all() and (probe == np.trunc(probe)).all()):
@@ -309,8 +310,10 @@ def _leaf_types(data: Any, name: str) -> set[type]:
     depth, probe = 0, data
     while isinstance(probe, list) and probe:
         probe, depth = probe[0], depth + 1
-    leaves: Any = [data]
-    for _ in range(depth):
+    if depth == 0:
+        return {type(data)}
+    leaves: Any = data
+    for _ in range(depth - 1):
         leaves = itertools.chain.from_iterable(leaves)
     try:
         return set(map(type, leaves))

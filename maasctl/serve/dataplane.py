@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,21 +140,10 @@ class DataPlane:
         model = served.model
         return InferResponse(model.name, str(model.version), outputs, request.id, request.binary_outputs)
 
-    @contextlib.contextmanager
-    def counted(self, model: LoadedModel) -> Iterator[None]:
-        """Count one request to `model` as a success (with its latency) or a failure by reason."""
-        labels = (model.name, str(model.version))
-        start = time.perf_counter()
-        try:
-            yield
-        except asyncio.CancelledError:
-            self.metrics.failure.labels(*labels, m.CANCELED).inc()
-            raise
-        except Exception as exc:
-            self.metrics.failure.labels(*labels, _reason(exc)).inc()
-            raise
-        self.metrics.success.labels(*labels).inc()
-        self.metrics.request_seconds.labels(*labels).observe(time.perf_counter() - start)
+    def counted(self, model: LoadedModel) -> _Counted:
+        """Count one request to `model` as a success (with its latency) or a failure by reason: `with
+        dataplane.counted(model): ...`."""
+        return _Counted(self.metrics, model.name, str(model.version))
 
     # --- the repository extension ---------------------------------------------------------------------------------
 
@@ -198,6 +186,29 @@ def _batches(sources: list[Source], spec: ModelInput) -> tuple[list[Sample], lis
     if not samples:
         raise InvalidInput("no inputs in the request")
     return samples, stack_batches(samples, spec)
+
+
+class _Counted:
+    """`DataPlane.counted`: a plain class, not a generator context manager, with the success series bound once per
+    model version (`Metrics.request_series`): it runs on every request."""
+
+    __slots__ = ("labels", "metrics", "start")
+
+    def __init__(self, metrics: m.Metrics, name: str, version: str) -> None:
+        self.metrics, self.labels = metrics, (name, version)
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if kind is None:
+            success, seconds = self.metrics.request_series(*self.labels)
+            success.inc()
+            seconds.observe(time.perf_counter() - self.start)
+        elif issubclass(kind, asyncio.CancelledError):
+            self.metrics.failure.labels(*self.labels, m.CANCELED).inc()
+        elif isinstance(exc, Exception):
+            self.metrics.failure.labels(*self.labels, _reason(exc)).inc()
 
 
 def _reason(exc: Exception) -> str:

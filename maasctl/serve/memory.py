@@ -17,9 +17,6 @@ So the bounds are:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from maasctl.protocol.errors import PayloadTooLarge
 from maasctl.serve.batching import Overloaded
 
@@ -45,19 +42,15 @@ class BodyBudget:
         self.max_bytes, self.max_json_bytes = max_bytes, max_json_bytes
         self.held = 0
 
-    @contextlib.contextmanager
-    def hold(self, size: int) -> Iterator[None]:
-        """Reserve `size` bytes for one request's lifetime; DecodingFull when they do not fit beside what is held."""
+    def hold(self, size: int) -> _Hold:
+        """Reserve `size` bytes for one request's lifetime (`with budget.hold(size): ...`); DecodingFull when they do
+        not fit beside what is held."""
         if self.held and self.held + size > self.max_bytes:
             raise DecodingFull(
                 f"the server is decoding {self.held} bytes of request bodies (--max-decoding-mb allows "
                 f"{self.max_bytes}); this one of {size} bytes must wait: retry later"
             )
-        self.held += size
-        try:
-            yield
-        finally:
-            self.held -= size
+        return _Hold(self, size)
 
     def infer_limit(self, content_length: str | None, header_length: str | None, max_body_bytes: int) -> int:
         """The body limit for an infer request, checked against what it declares: the JSON limit for an all-JSON
@@ -77,6 +70,21 @@ class BodyBudget:
                 f"{max_body_bytes} bytes, --max-body-mb)"
             )
         return min(max_body_bytes, json_limit)
+
+
+class _Hold:
+    """One request's reservation (a plain class, not a generator context manager: every request takes one)."""
+
+    __slots__ = ("budget", "size")
+
+    def __init__(self, budget: BodyBudget, size: int) -> None:
+        self.budget, self.size = budget, size
+
+    def __enter__(self) -> None:
+        self.budget.held += self.size
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.held -= self.size
 
 
 def declared_size(content_length: str | None, limit: int) -> int:

@@ -93,6 +93,17 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._request_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def request_series(self, name: str, version: str) -> tuple[Any, Any]:
+        """The success counter and request-seconds histogram of one model version, bound once: `labels()` takes a
+        lock and hashes the labels on every call, and these two are updated on every request. Counters are never
+        removed, so a bound series stays valid after an unload."""
+        series = self._request_series.get((name, version))
+        if series is None:
+            series = self.success.labels(name, version), self.request_seconds.labels(name, version)
+            self._request_series[(name, version)] = series
+        return series
 
     def model_loaded(self, name: str, version: int, provider: str, max_batch_size: int) -> None:
         labels = (name, str(version))

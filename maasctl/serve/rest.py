@@ -12,10 +12,10 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maasctl.inputs.kinds import media_type
 from maasctl.inputs.uploads import Part, body_sources, form_sources
@@ -31,6 +31,7 @@ from maasctl.serve.metrics import CONTENT_TYPE
 log = logging.getLogger("maasctl.serve")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_TOP_K = 1000
+HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()  # ASGI header names come lower-case
 
 
 def json_response(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -65,22 +66,6 @@ class Endpoints:
 
     async def model_manifest(self, request: Request) -> Response:
         return json_response(self.dataplane.model_manifest(*_model_path(request)))
-
-    async def infer(self, request: Request) -> Response:
-        header_length = request.headers.get(HEADER_LENGTH)
-        declared = request.headers.get("content-length")
-        budget = self.dataplane.body_budget
-        try:
-            limit = budget.infer_limit(declared, header_length, self.max_body_bytes)
-            with budget.hold(declared_size(declared, limit)):  # see memory.py
-                body = await _read_body(request, limit)
-                content, headers = await self.dataplane.infer(*_model_path(request), body, header_length)
-        except (DecodingFull, JsonTooLarge):
-            async for _ in _limited_stream(request, self.max_body_bytes):  # read and drop the body, so the client,
-                pass  # still sending it, gets the 503 or 413 rather than a reset connection
-            raise
-        media = "application/octet-stream" if headers else "application/json"
-        return Response(content, media_type=media, headers=headers)
 
     async def predict(self, request: Request) -> Response:
         """Files in (multipart, or a raw body of one kind), labels out: see maasctl.inputs.uploads."""
@@ -138,7 +123,8 @@ class Endpoints:
                 Route(prefix, self.model_metadata),
                 Route(prefix + "/ready", self.model_ready),
                 Route(prefix + "/manifest", self.model_manifest),
-                Route(prefix + "/infer", self.infer, methods=["POST"]),
+                # POST is answered by InferDispatch before routing; the route gives other methods 405 (Allow: POST)
+                Route(prefix + "/infer", _answered_by_dispatch, methods=["POST"]),
                 Route(prefix + "/predict", self.predict, methods=["POST"]),
             ]
         return routes
@@ -150,7 +136,7 @@ def create_app(
     token: str | None = None,
     access_log: bool = False,
     poll_seconds: float = 0,
-) -> Starlette:
+) -> ASGIApp:
     """The ASGI app. `token`: require `Authorization: Bearer <token>` on all but the health probes (see auth.py).
     `access_log`: one JSON line per request on the `maasctl.access` logger. `poll_seconds`: look for new, changed
     and removed model versions in the repository this often (0: only at start and on explicit load)."""
@@ -165,14 +151,8 @@ def create_app(
                 await poller
         await dataplane.close()  # after uvicorn has drained in-flight requests
 
-    middleware = []
-    if access_log:
-        middleware.append(Middleware(AccessLog))  # outermost: 401s are logged too
-    if token is not None:
-        middleware.append(Middleware(BearerAuth, token=token))
-    return Starlette(
+    starlette = Starlette(
         routes=Endpoints(dataplane, max_body_bytes).routes(),
-        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             InferenceError: _on_inference_error,
@@ -180,17 +160,121 @@ def create_app(
             Exception: _on_unexpected,
         },
     )
+    app: ASGIApp = InferDispatch(starlette, dataplane, max_body_bytes)
+    # Plain ASGI wrappers, outside both the infer path and Starlette, so they cover every request alike.
+    if token is not None:
+        app = BearerAuth(app, token=token)
+    if access_log:
+        app = AccessLog(app)  # outermost: 401s are logged too
+    return app
+
+
+class InferDispatch:
+    """POST /v2/models/{name}[/versions/{version}]/infer goes straight to the dataplane; every other request to the
+    Starlette app. Infer is the hot path: under load Starlette's layers (error and exception middleware, routing,
+    the Request and Response objects, a send wrapper per layer) took more of each request's CPU than decoding,
+    batching and onnxruntime together (README, "where the time goes"). The behaviour is the routes': the same body
+    limits and budget, the same errors as {"error": ...} with the same statuses and headers."""
+
+    def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int) -> None:
+        self.app, self.dataplane, self.max_body_bytes = app, dataplane, max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            target = _infer_target(path) if path.endswith("/infer") else None
+            if target is not None:
+                await self._infer(target, path, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(self, target: tuple[str, str | None], path: str, scope: Scope, receive: Receive, send: Send):
+        declared = header_length = None
+        for key, value in scope["headers"]:  # the first of each, as starlette's Headers.get
+            if key == b"content-length" and declared is None:
+                declared = value.decode("latin-1")
+            elif key == HEADER_LENGTH_KEY and header_length is None:
+                header_length = value.decode("latin-1")
+        budget = self.dataplane.body_budget
+        try:
+            try:
+                limit = budget.infer_limit(declared, header_length, self.max_body_bytes)
+                with budget.hold(declared_size(declared, limit)):  # see memory.py
+                    body = await receive_body(receive, declared, limit)
+                    content, headers = await self.dataplane.infer(*target, body, header_length)
+            except (DecodingFull, JsonTooLarge):
+                await receive_body(receive, declared, self.max_body_bytes, keep=False)  # as Endpoints.infer
+                raise
+        except InferenceError as exc:
+            content, status, headers = _error_reply(exc, "POST", path)
+            await _send(send, status, b"application/json", content, headers)
+            return
+        except ClientDisconnect:
+            return  # nobody to answer
+        except Exception as exc:
+            log.exception("internal error on POST %s", path)
+            content = orjson.dumps({"error": f"internal error: {exc.__class__.__name__}"})
+            await _send(send, 500, b"application/json", content, {})
+            return
+        await _send(send, 200, b"application/octet-stream" if headers else b"application/json", content, headers)
+
+
+async def _answered_by_dispatch(request: Request) -> Response:
+    raise RuntimeError("POST .../infer reached the router: the app must be wrapped in InferDispatch")
+
+
+def _infer_target(path: str) -> tuple[str, str | None] | None:
+    """(name, version or None) for an infer path, as the routes would match it; None for any other path."""
+    if not path.startswith("/v2/models/"):
+        return None
+    parts = path[len("/v2/models/") : -len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int, keep: bool = True) -> bytes:
+    """The request body read straight from the ASGI messages (`keep=False`: read and dropped); 413 as soon as it is,
+    or says it will be, over `limit` bytes, as `_limited_stream`."""
+    if declared and declared.isdecimal() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        if keep:
+            chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _send(send: Send, status: int, media: bytes, content: bytes, headers: dict[str, str]) -> None:
+    raw = [(b"content-length", str(len(content)).encode()), (b"content-type", media)]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
+
+
+def _error_reply(exc: InferenceError, method: str, path: str) -> tuple[bytes, int, dict[str, str]]:
+    """An InferenceError as the client sees it: {"error": ...}, its status, and headers."""
+    if isinstance(exc, Overloaded):  # expected under load; the metrics count it, a log line per request would flood
+        return orjson.dumps({"error": exc.message}), exc.status, {"Retry-After": "1"}
+    if exc.status >= 500:
+        log.error("%s %s: %s", method, path, exc.message)
+    return orjson.dumps({"error": exc.message}), exc.status, {}
 
 
 async def _on_inference_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InferenceError)
-    if isinstance(exc, Overloaded):  # expected under load; the metrics count it, a log line per request would flood
-        response = json_response({"error": exc.message}, exc.status)
-        response.headers["Retry-After"] = "1"
-        return response
-    if exc.status >= 500:
-        log.error("%s %s: %s", request.method, request.url.path, exc.message)
-    return json_response({"error": exc.message}, exc.status)
+    content, status, headers = _error_reply(exc, request.method, request.url.path)
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:

@@ -152,29 +152,27 @@ def _exit_on_failed_loads(dataplane: DataPlane) -> None:
 class _AnswerCutRequests:
     """When --drain-seconds runs out, uvicorn cancels the requests still running; uncaught, the cancellation reached
     the client as a plain-text 500 and the log as a traceback, for an orderly shutdown. It is answered here as any
-    other error: 503 with {"error": ...} (the client may retry on another replica)."""
+    other error: 503 with {"error": ...} (the client may retry on another replica). No wrapper around `send` to
+    tell whether the response had started (one more call per message on the hot path): uvicorn refuses a second
+    start, and that refusal says it."""
 
     def __init__(self, app: Any, drain_seconds: float) -> None:
         self.app, self.drain_seconds = app, drain_seconds
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        started = False
-
-        async def tracked(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, receive, tracked)
-        except asyncio.CancelledError:
-            if scope["type"] != "http" or started:  # too late to answer: the response was under way
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError as cancelled:
+            if scope["type"] != "http":
                 raise
             body = orjson.dumps(
                 {"error": f"the server shut down before this request finished (--drain-seconds {self.drain_seconds:g})"}
             )
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            try:
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+            except RuntimeError:  # too late to answer: the response was under way (uvicorn refuses a second start)
+                raise cancelled from None
             await send({"type": "http.response.body", "body": body})
 
 
