@@ -50,6 +50,10 @@ def load_teacher(cfg: Any, data: Dataset, device: torch.device) -> Teacher:
     run_dir = Path(spec).expanduser()
     if (run_dir / "checkpoints" / "best.pt").is_file():
         teacher = _run_teacher(spec, run_dir, device)
+    elif (run_dir / "recipe.yaml").is_file():
+        raise UsageError(f"{WHERE}: the run {run_dir} has no checkpoints/best.pt yet (it has not finished an epoch)")
+    elif ("/" in spec or "\\" in spec) and not run_dir.exists():
+        raise UsageError(f"{WHERE}: there is no run folder or model folder at {run_dir}")
     else:
         teacher = _onnx_teacher(spec, Path(cfg.repository), device)
     check_agrees(teacher, data)
