@@ -57,7 +57,7 @@ def load_teacher(cfg: Any, data: Dataset, device: torch.device) -> Teacher:
     else:
         teacher = _onnx_teacher(spec, Path(cfg.repository), device)
     check_agrees(teacher, data)
-    teacher.forward = _in_student_units(teacher, data)
+    teacher.forward = in_student_units(teacher, data)
     return teacher
 
 
@@ -146,7 +146,7 @@ def check_agrees(teacher: Teacher, data: Dataset) -> None:
         )
 
 
-def _in_student_units(teacher: Teacher, data: Dataset) -> Callable[[torch.Tensor], torch.Tensor]:
+def in_student_units(teacher: Teacher, data: Dataset) -> Callable[[torch.Tensor], torch.Tensor]:
     """Regression: the teacher's values, standardised with the student's target statistics (a run's head answers in
     its own standard units, an ONNX model in the target's units)."""
     if data.task != "regression":
@@ -188,6 +188,15 @@ class DistillObjective(Objective):
             teacher = F.log_softmax(soft_target / t, dim=1)
             soft = F.kl_div(student, teacher, log_target=True, reduction="batchmean") * t * t
         return (1 - self.alpha) * hard + self.alpha * soft
+
+    def teacher_summary(self, feed: Any, y: np.ndarray) -> dict[str, Any]:
+        """summary.json's `teacher`: which, how it taught, and its metrics on this run's test split."""
+        return {
+            **self.teacher.describe(),
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "metrics": self.teacher_scores(feed, y),
+        }
 
     @torch.no_grad()
     def teacher_scores(self, feed: Any, y: np.ndarray, batch_size: int = 512) -> dict[str, float]:

@@ -441,15 +441,7 @@ class Trainer:
         if data.task == "regression":
             summary["target"] = data.target
         if isinstance(self.objective, DistillObjective):  # the teacher, and how it scores on this run's test split
-            teacher = self.objective.teacher
-            test_scores = self.objective.teacher_scores(self._feed("test"), data.test.y)
-            distill = self.recipe.distill
-            summary["teacher"] = {
-                **teacher.describe(),
-                "temperature": distill.temperature,
-                "alpha": distill.alpha,
-                "metrics": test_scores,
-            }
+            summary["teacher"] = self.objective.teacher_summary(self._feed("test"), data.test.y)
         if data.task != "regression":
             summary["test_confusion_matrix"] = pictures["confusion_matrix"]
         atomic_write_json(run_dir / "summary.json", summary)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from helpers import file_onnx_model, run_cli
 
-from maasctl.data import build_dataset
+from maasctl.data import Dataset, Split, build_dataset
 from maasctl.errors import UsageError
 from maasctl.fileio import sha256_file
 from maasctl.recipe import Recipe, load_recipe
-from maasctl.train.distill import DistillObjective, Teacher, check_agrees
+from maasctl.train.distill import DistillObjective, Teacher, check_agrees, in_student_units
 
 STUDENT = ["--set", "model.name=mlp", "--set", "train.epochs=1", "--set", "train.tensorboard=false"]
 
@@ -157,3 +157,21 @@ def test_each_difference_is_named():
     for key, (value, message) in changes.items():
         with pytest.raises(UsageError, match=message.replace("[", r"\[")):
             check_agrees(Teacher("t", "onnx", "", {**good, key: value}, lambda x: x), data)
+
+
+@pytest.mark.parametrize("kind", ["run", "onnx"])
+def test_regression_mixes_the_two_mses_in_the_students_standard_units(kind):
+    """A run's head answers in its own standard units, an ONNX model in the target's: both become the student's."""
+    x = np.zeros((4, 2), dtype=np.float32)
+    split = Split(x, np.zeros(4, dtype=np.float32))
+    data = Dataset(
+        split, split, split, labels=[], preprocessing={}, input_kind="features", task="regression",
+        target={"column": "t", "mean": 10.0, "std": 2.0},
+    )  # fmt: skip
+    answer = torch.tensor([[1.0]]) if kind == "run" else torch.tensor([[12.0]])  # both: 12, i.e. z = 1 for the student
+    teacher = Teacher("t", kind, "", {"target": {"mean": 8.0, "std": 4.0}}, lambda x: answer)
+    teacher.forward = in_student_units(teacher, data)
+    recipe = load_recipe(None, ["distill.alpha=0.25"])
+    objective = DistillObjective(recipe.train, data, torch.device("cpu"), teacher, recipe.distill)
+    loss = objective.train_loss(torch.tensor([[0.0]]), torch.tensor([0.5]), torch.zeros(1, 2))
+    assert loss.item() == pytest.approx(0.75 * 0.25 + 0.25 * 1.0)
