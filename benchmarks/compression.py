@@ -128,6 +128,31 @@ def print_table(table: list[dict[str, Any]]) -> None:
         )
 
 
+def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every variant's rows, seed after seed, in a workspace with the example image folder."""
+    with tempfile.TemporaryDirectory(prefix="maasctl-compression-") as tmp:
+        ws = args.keep or Path(tmp)
+        ws.mkdir(parents=True, exist_ok=True)
+        os.chdir(ws)  # the recipe's data.root is relative, and evaluation (in this process) reads it from here
+        cli("examples", str(ws / "data" / "examples"), cwd=ws)  # the recipe's image folder, data/examples/digits_png
+        rows: list[dict[str, Any]] = []
+        for seed in args.seeds:
+            start = len(rows)
+            teacher_run, rows_t = teacher_rows(ws, seed, args)
+            rows += rows_t
+            for variant in VARIANTS:
+                rows += variant(ws, seed, teacher_run, args)
+            print(f"seed {seed}: " + json.dumps(rows[start:]), file=sys.stderr, flush=True)
+    return rows
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text()
+    if text.lstrip().startswith("{"):
+        return json.loads(text)["rows"]
+    return [r for line in text.splitlines() if line.startswith("seed ") for r in json.loads(line.partition(": ")[2])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -137,21 +162,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30, help="latency: median of this many runs")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temp folder)")
     ap.add_argument("--json", action="store_true", help="print one JSON object (rows and table) instead of the table")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="train nothing: the table of the rows in these files (--json outputs, or the stderr logs of runs, whose "
+        "'seed N: [...]' lines hold each finished seed's rows), e.g. of seeds run as separate processes at once",
+    )
     args = ap.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="maasctl-compression-") as tmp:
-        ws = args.keep or Path(tmp)
-        ws.mkdir(parents=True, exist_ok=True)
-        os.chdir(ws)  # the recipe's data.root is relative, and evaluation (in this process) reads it from here
-        cli("examples", str(ws / "data" / "examples"), cwd=ws)  # the recipe's image folder, data/examples/digits_png
-        rows = []
-        for seed in args.seeds:
-            start = len(rows)
-            teacher_run, rows_t = teacher_rows(ws, seed, args)
-            rows += rows_t
-            for variant in VARIANTS:
-                rows += variant(ws, seed, teacher_run, args)
-            print(f"seed {seed}: " + json.dumps(rows[start:]), file=sys.stderr, flush=True)
+    rows = [r for path in args.merge for r in read_rows(path)] if args.merge else measure_all(args)
     table = summarise(rows)
     if args.json:
         print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "table": table}))
