@@ -91,13 +91,17 @@ def _onnx_teacher(spec: str, repo: Path, device: torch.device) -> Teacher:
 
     try:
         version = resolve_model(spec, ModelRepository(repo))
-        model = load_model(version, device="cuda" if device.type == "cuda" else "cpu")  # verifies the sha256
+        # verifies the sha256; beside CUDA training, onnxruntime's CUDA provider when it has one
+        model = load_model(version, device="auto" if device.type == "cuda" else "cpu")
     except MaasctlError as exc:
         raise UsageError(
             f"{WHERE} {spec!r}: {exc} (the teacher is a run folder with checkpoints/best.pt, or a model name[:version] "
             f"in the repository {repo})"
         ) from None
     manifest, output = model.manifest, scores_output(model.manifest)
+    if len(model.inputs) != 1:
+        names = ", ".join(t.name for t in model.inputs)
+        raise UsageError(f"{WHERE} {spec!r}: the model takes {len(model.inputs)} inputs ({names}); a teacher takes one")
     name = model.inputs[0].name
 
     def forward(x: torch.Tensor) -> torch.Tensor:
