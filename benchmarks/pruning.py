@@ -41,12 +41,14 @@ def prune_rows(
     seed: int | None = None,
     importance: str = "l1",
     repeats: int = 30,
+    teacher: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows for the teacher and its pruned copy, each fp32 and int8: variant, run, parameters, bytes, accuracy,
     latency_ms_b1, latency_ms_b32, speedup_b32 (against the teacher in fp32). `teacher_run` is a run folder
     (artifacts/runs/NAME); the pruned run and the models are written beside it, under the same artifacts/.
     `seed`: the seed the caller trained the teacher with; the fine-tune keeps the teacher's recipe, so its data split
-    and seed, and a different one is refused rather than silently ignored."""
+    and seed, and a different one is refused rather than silently ignored. `teacher=False`: the pruned rows alone
+    (for a caller that measured the teacher already), without speed-ups."""
     from maasctl.benchmark import measure_model
     from maasctl.recipe import load_recipe
 
@@ -78,7 +80,8 @@ def prune_rows(
     pruned_run = cwd / pruned["run_dir"]  # an absolute path stays as it is
     repo = artifacts / "models"
     rows = []
-    for variant, run in (("teacher", teacher_run), (f"pruned {ratio:.0%}", pruned_run)):
+    variants = [("teacher", teacher_run)] if teacher else []
+    for variant, run in [*variants, (f"pruned {ratio:.0%}", pruned_run)]:
         for precision in ("fp32", "int8"):
             name = f"{run.name}-{precision}"
             quantize = ["--quantize", "int8", "--force"] if precision == "int8" else []
@@ -97,10 +100,10 @@ def prune_rows(
                     "latency_ms_b32": m["latency_ms_b32"],
                 }
             )
-    base = rows[0]["latency_ms_b32"]
-    for row in rows:
-        row["speedup_b32"] = base / row["latency_ms_b32"]
-    rows[2]["pruning"] = pruned["pruning"]  # params/MACs before and after, accuracy before fine-tuning
+    if teacher:
+        for row in rows:
+            row["speedup_b32"] = rows[0]["latency_ms_b32"] / row["latency_ms_b32"]
+    rows[-2]["pruning"] = pruned["pruning"]  # params/MACs before and after, accuracy before fine-tuning
     return rows
 
 

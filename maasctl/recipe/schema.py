@@ -404,6 +404,31 @@ class ExportConfig(Section):
     )
 
 
+class DistillConfig(Section):
+    """Knowledge distillation: the model learns from a teacher's temperature-softened outputs beside the labels.
+    The teacher must have been trained on the same data (labels, input kind and shape, preprocessing); checked before
+    anything is written."""
+
+    teacher: str | None = Field(
+        None,
+        description="null: no distillation; a maasctl run folder (its best checkpoint, run in PyTorch), or a "
+        "repository model name[:version] or model folder (its ONNX file, run in onnxruntime)",
+    )
+    repository: str = Field(
+        "artifacts/models", description="the model repository a name[:version] teacher is read from"
+    )
+    temperature: float = Field(
+        4.0, gt=0, description="softmax temperature of teacher and student logits (classification)"
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="weight of the teacher's term: (1 - alpha) x loss on labels + alpha x T^2 x KL(teacher || student); "
+        "regression: alpha x MSE to the teacher's values",
+    )
+
+
 class Recipe(Section):
     """A training recipe. Omitted keys take the defaults below; the resolved recipe is saved with each run."""
 
@@ -417,6 +442,7 @@ class Recipe(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def _pretrained_text_uses_its_tokenizer(self) -> Recipe:

@@ -66,6 +66,10 @@ class Objective:
             return F.l1_loss(pred, y, reduction=reduction)
         return F.huber_loss(pred, y, delta=self.huber_delta, reduction=reduction)
 
+    def train_loss(self, out: torch.Tensor, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The training step's loss; `x` is the batch the model saw (a DistillObjective runs its teacher on it)."""
+        return self.loss(out, target)
+
     def batch_sum(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training statistic's sum over a batch: correct predictions, or absolute errors in target units."""
         if self.task == "regression":

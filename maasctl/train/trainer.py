@@ -31,6 +31,7 @@ from maasctl.recipe import Recipe, dump_recipe, recipe_sha256
 from maasctl.train import distributed as ddp
 from maasctl.train.accel import Accel, resolve_accel
 from maasctl.train.checkpoint import BackgroundWriter, load_checkpoint, save_checkpoint, snapshot
+from maasctl.train.distill import DistillObjective, load_teacher
 from maasctl.train.finetune import Finetune, optimizer_groups, with_model_defaults
 from maasctl.train.objective import Objective
 from maasctl.train.placement import SPLITS, Placement, SplitFeed, choose_placement, describe
@@ -108,7 +109,7 @@ class Trainer:
         self.device = ddp.rank_device(self.dist, resolve_device(cfg.device))
         torch.manual_seed(cfg.seed)
         self.data = data if data is not None else build_dataset(recipe.data, cfg.seed, recipe.task)
-        self.objective = Objective(cfg, self.data, self.device)  # loss, metrics, best metric for the task
+        self.objective = _objective(recipe, self.data, self.device)  # loss, metrics, best metric; a teacher's term
         self.meta = _model_meta(recipe, self.data)
         self.accel: Accel = resolve_accel(cfg, self.device, input_ndim=1 + len(self.data.input_shape))
         self.model = build_model_from_meta(self.meta).to(self.device)
@@ -282,6 +283,11 @@ class Trainer:
         for note in self.data.notes:  # the task inferred, rows and columns dropped
             self.log(note)
         self.log(self.data_note())  # where the data lives, and why (train.data_placement)
+        if isinstance(self.objective, DistillObjective):
+            t, d = self.objective.teacher, self.recipe.distill
+            self.log(
+                f"distilling from {t.kind} {t.spec} (sha256 {t.sha256[:12]}…), T={d.temperature:g}, alpha={d.alpha:g}"
+            )
         _write_skipped(run_dir, self.data.extra.get("skipped") or [])
         cfg = self.recipe.train
         return Tracker(run_dir, self.recipe, tensorboard=cfg.tensorboard, mlflow=self.use_mlflow, resume=resume)
@@ -325,7 +331,7 @@ class Trainer:
                 x, target = self.mix(x, y)  # soft targets: cross_entropy takes class probabilities too
             with accel.autocast():
                 logits = self.train_model(x)
-                loss = self.objective.loss(logits, target)
+                loss = self.objective.train_loss(logits, target, x)
             # train.grad_accumulation: step after every k micro-batches, and after the epoch's last
             self._step(loss, step=(i + 1) % cfg.grad_accumulation == 0 or i + 1 == batches)
             loss_sum.add_(loss.detach(), alpha=len(y))
@@ -450,7 +456,9 @@ class Trainer:
         }
         if data.task == "regression":
             summary["target"] = data.target
-        else:
+        if isinstance(self.objective, DistillObjective):  # the teacher, and how it scores on this run's test split
+            summary["teacher"] = self.objective.teacher_summary(self._feed("test"), data.test.y)
+        if data.task != "regression":
             summary["test_confusion_matrix"] = pictures["confusion_matrix"]
         atomic_write_json(run_dir / "summary.json", summary)
         plot_curves(history, run_dir / "curves.png")
@@ -531,6 +539,14 @@ def _restore_rng(saved: dict[str, Any], env: ddp.DistEnv, device: torch.device, 
         torch.cuda.set_rng_state(mine["cuda"], device)
     if mine is saved and env.rank:  # resumed with another process count: give the new ranks streams of their own
         torch.manual_seed(seed + env.rank)
+
+
+def _objective(recipe: Recipe, data: Dataset, device: torch.device) -> Objective:
+    """The task's objective; with distill.teacher, the teacher's term added to the training loss (the teacher is
+    loaded and checked against the data here, before anything is written; again on --resume)."""
+    if recipe.distill.teacher is None:
+        return Objective(recipe.train, data, device)
+    return DistillObjective(recipe.train, data, device, load_teacher(recipe.distill, data, device), recipe.distill)
 
 
 def _model_meta(recipe: Recipe, data: Dataset) -> dict[str, Any]:

@@ -1,0 +1,201 @@
+"""Compression variants side by side: test accuracy, ONNX size and onnxruntime CPU latency, averaged over seeds.
+
+    python benchmarks/compression.py                          # 3 seeds, the README figures
+    python benchmarks/compression.py --seeds 0 --repeats 10   # a quick look
+    python benchmarks/compression.py --json                   # one JSON object: the per-seed rows and the table
+
+On the image-folder digits example (`maasctl examples`; the recipe recipes/digits_folder_resnet18.yaml), per seed:
+the teacher (ResNet-18, the recipe as it is), a small student trained from scratch, and the same student distilled
+from the teacher (`distill.teacher` = the teacher's run), each exported to ONNX and again with `--quantize int8`
+stacked on top. Every model is measured by `maasctl benchmark`'s own code (maasctl/benchmark.py: the ONNX model's
+accuracy on its recipe's test split, file size, parameters, median latency at batch 1 and 32 on CPU). Each seed
+seeds the split, the initial weights and the batch order; a seed's teacher and students share its split.
+
+Rows come from functions, one per kind of variant (`teacher_rows`, `student_rows`, `pruned_rows`: the teacher
+pruned to half its channels by `maasctl prune`, through benchmarks/pruning.py), each returning one row per
+exported model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "digits_folder_resnet18.yaml"
+QUIET = ["--set", "train.tensorboard=false"]
+# The student: the registry's small CNN at a quarter of its default width (~6k parameters against ResNet-18's 11M),
+# trained exactly as the teacher is (the same recipe: epochs, optimizer, schedule, augmentation, label smoothing).
+STUDENT = ["--set", "model.name=cnn_small", "--set", "model.params.width=8"]
+
+
+def cli(*args: str, cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "maasctl", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"maasctl {' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def train(ws: Path, name: str, seed: int, *overrides: str, epochs: int | None = None) -> Path:
+    more = ["--set", f"train.epochs={epochs}"] if epochs else []
+    cli("train", str(RECIPE), "--name", name, "--set", f"train.seed={seed}", *QUIET, *more, *overrides, cwd=ws)
+    return ws / "artifacts" / "runs" / name
+
+
+def exported_rows(ws: Path, run: Path, variant: str, seed: int, repeats: int) -> list[dict[str, Any]]:
+    """The run exported (fp32) and exported with int8 stacked, each measured as `maasctl benchmark` measures."""
+    from maasctl.benchmark import measure_model
+
+    rows = []
+    for fmt, extra in (("fp32", []), ("int8", ["--quantize", "int8", "--force"])):
+        model = f"{run.name}-{fmt}"
+        cli("export", run.name, "--name", model, *extra, "--json", cwd=ws)
+        m = measure_model(model, ws / "artifacts" / "models", device="cpu", split="test", repeats=repeats)
+        rows.append(
+            {
+                "variant": variant,
+                "format": fmt,
+                "seed": seed,
+                "accuracy": m["metrics"]["accuracy"],
+                "parameters": m["parameters"],
+                "bytes": m["bytes"],
+                "latency_ms_b1": m["latency_ms_b1"],
+                "latency_ms_b32": m["latency_ms_b32"],
+            }
+        )
+    return rows
+
+
+def teacher_rows(ws: Path, seed: int, args: argparse.Namespace) -> tuple[Path, list[dict[str, Any]]]:
+    """The teacher, ResNet-18 trained by the recipe as it is; its run folder teaches the rest."""
+    run = train(ws, f"teacher-s{seed}", seed, epochs=args.epochs)
+    return run, exported_rows(ws, run, "teacher resnet18", seed, args.repeats)
+
+
+def student_rows(ws: Path, seed: int, teacher_run: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The small student from scratch, and the same student distilled from `teacher_run` (same seed, same split)."""
+    scratch = train(ws, f"scratch-s{seed}", seed, *STUDENT, epochs=args.epochs)
+    distill = [
+        "--set", f"distill.teacher={teacher_run}",
+        "--set", f"distill.temperature={args.temperature}",
+        "--set", f"distill.alpha={args.alpha}",
+    ]  # fmt: skip
+    distilled = train(ws, f"distilled-s{seed}", seed, *STUDENT, *distill, epochs=args.epochs)
+    return exported_rows(ws, scratch, "student from scratch", seed, args.repeats) + exported_rows(
+        ws, distilled, "student distilled", seed, args.repeats
+    )
+
+
+def pruned_rows(ws: Path, seed: int, teacher_run: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The teacher pruned to half its channels and fine-tuned (`maasctl prune`, benchmarks/pruning.py), fp32 and int8."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pruning import prune_rows
+
+    rows = prune_rows(teacher_run, ratio=0.5, epochs=args.prune_epochs, seed=seed, repeats=args.repeats, teacher=False)
+    keys = ("accuracy", "parameters", "bytes", "latency_ms_b1", "latency_ms_b32")
+    return [
+        {
+            "variant": "teacher pruned 50%",
+            "format": r["variant"].rsplit(" ", 1)[1],
+            "seed": seed,
+            **{k: r[k] for k in keys},
+        }
+        for r in rows
+    ]
+
+
+# Variants built from the teacher's run, one function each: (workspace, seed, teacher run, args) -> rows.
+VARIANTS: list[Callable[[Path, int, Path, argparse.Namespace], list[dict[str, Any]]]] = [student_rows, pruned_rows]
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread (population standard deviation) over the seeds, per variant and format, in first-seen order."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["format"]), []).append(r)
+    table = []
+    for (variant, fmt), rs in groups.items():
+        entry: dict[str, Any] = {"variant": variant, "format": fmt, "seeds": [r["seed"] for r in rs]}
+        for key in ("accuracy", "bytes", "parameters", "latency_ms_b1", "latency_ms_b32"):
+            values = [r[key] for r in rs if r[key] is not None]
+            entry[key] = statistics.fmean(values) if values else None
+            entry[f"{key}_spread"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        table.append(entry)
+    return table
+
+
+def print_table(table: list[dict[str, Any]]) -> None:
+    print(
+        "| variant | format | test accuracy (mean ± sd) | parameters | ONNX size | latency b1 (ms) | latency b32 (ms) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for t in table:
+        print(
+            f"| {t['variant']} | {t['format']} | {t['accuracy']:.2%} ± {t['accuracy_spread']:.2%} "
+            f"| {t['parameters'] or 0:,.0f} | {t['bytes'] / 1024:,.0f} KiB "
+            f"| {t['latency_ms_b1']:.3f} ± {t['latency_ms_b1_spread']:.3f} "
+            f"| {t['latency_ms_b32']:.3f} ± {t['latency_ms_b32_spread']:.3f} |"
+        )
+
+
+def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every variant's rows, seed after seed, in a workspace with the example image folder."""
+    with tempfile.TemporaryDirectory(prefix="maasctl-compression-") as tmp:
+        ws = args.keep or Path(tmp)
+        ws.mkdir(parents=True, exist_ok=True)
+        os.chdir(ws)  # the recipe's data.root is relative, and evaluation (in this process) reads it from here
+        cli("examples", str(ws / "data" / "examples"), cwd=ws)  # the recipe's image folder, data/examples/digits_png
+        rows: list[dict[str, Any]] = []
+        for seed in args.seeds:
+            start = len(rows)
+            teacher_run, rows_t = teacher_rows(ws, seed, args)
+            rows += rows_t
+            for variant in VARIANTS:
+                rows += variant(ws, seed, teacher_run, args)
+            print(f"seed {seed}: " + json.dumps(rows[start:]), file=sys.stderr, flush=True)
+    return rows
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text()
+    if text.lstrip().startswith("{"):
+        return json.loads(text)["rows"]
+    return [r for line in text.splitlines() if line.startswith("seed ") for r in json.loads(line.partition(": ")[2])]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=None, help="every run's epochs (default: the recipe's)")
+    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--prune-epochs", type=int, default=3, help="fine-tuning epochs after pruning the teacher")
+    ap.add_argument("--alpha", type=float, default=0.7)
+    ap.add_argument("--repeats", type=int, default=30, help="latency: median of this many runs")
+    ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temp folder)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object (rows and table) instead of the table")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="train nothing: the table of the rows in these files (--json outputs, or the stderr logs of runs, whose "
+        "'seed N: [...]' lines hold each finished seed's rows), e.g. of seeds run as separate processes at once",
+    )
+    args = ap.parse_args()
+    rows = [r for path in args.merge for r in read_rows(path)] if args.merge else measure_all(args)
+    table = summarise(rows)
+    if args.json:
+        print(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "table": table}))
+    else:
+        print_table(table)
+
+
+if __name__ == "__main__":
+    main()
