@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,12 +93,19 @@ class ModelBatcher:
         self._to_observe: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []  # for the drift window
         self.drift: Any = None  # a maasctl.drift.DriftMonitor, set when the manifest has training statistics
 
-    async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run."""
+    def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> Awaitable[dict[str, np.ndarray]]:
+        """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run: `await
+        batcher.infer(...)`. Without a timeout that awaits the request's future itself, no coroutine around it (one
+        frame less to create and resume on every request)."""
         request = self.submit(inputs, outputs)
         timeout = self.config.request_timeout_s
         if timeout is None:
-            return await request.future
+            return request.future
+        return self._infer_within(request, timeout)
+
+    async def _infer_within(self, request: _Request, timeout: float) -> dict[str, np.ndarray]:
         try:
             return await asyncio.wait_for(request.future, timeout)  # cancels the future when time is up
         except asyncio.TimeoutError:

@@ -84,9 +84,16 @@ class DataPlane:
         self, name: str, version: str | None, body: bytes, header_length: str | None
     ) -> tuple[bytes, dict[str, str]]:
         served = self.served.get(name, version)
-        with self.counted(served.model):  # encoding included: a response that cannot be sent is a failure
-            response = await self._run(served, lambda signature: decode_request(body, header_length, signature))
-            return encode_response(response)
+        model = served.model
+        with self.counted(model):  # encoding included: a response that cannot be sent is a failure
+            # `_run` written out (no lambda, no coroutine between this one and the batcher's future): the REST hot path
+            batcher = served.batcher
+            batcher.raise_if_full()
+            request = decode_request(body, header_length, served.signature)
+            outputs = await batcher.infer(request.inputs, request.outputs)
+            return encode_response(
+                InferResponse(model.name, str(model.version), outputs, request.id, request.binary_outputs)
+            )
 
     async def predict(self, name: str, version: str | None, read: ReadUpload) -> dict[str, Any]:
         """File prediction (`/predict`): the inputs `read` gives for this model, labelled as `maasctl predict
