@@ -79,7 +79,7 @@ class ModelBatcher:
         labels = (model.name, str(model.version))
         self._m_count = metrics.count.labels(*labels)
         self._m_exec = metrics.exec_count.labels(*labels)
-        self._m_pending = metrics.pending.labels(*labels)
+        self._m_pending = metrics.bind_pending(*labels, lambda: len(self._pending))  # None: read at each scrape
         self._m_queue = metrics.queue_seconds.labels(*labels)
         self._m_compute = metrics.compute_seconds.labels(*labels)
         self._pending: deque[_Request] = deque()
@@ -123,7 +123,8 @@ class ModelBatcher:
         rows, key = self._rows_and_key(inputs)
         request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
         self._pending.append(request)
-        self._m_pending.set(len(self._pending))
+        if self._m_pending is not None:
+            self._m_pending.set(len(self._pending))
         assert self._arrived is not None
         self._arrived.set()
         return request
@@ -165,7 +166,8 @@ class ModelBatcher:
             self._pending.remove(request)
         except ValueError:
             return  # already taken into a batch
-        self._m_pending.set(len(self._pending))
+        if self._m_pending is not None:
+            self._m_pending.set(len(self._pending))
         if self._arrived is not None:
             self._arrived.set()  # the worker may be waiting on its behalf
 
@@ -178,7 +180,8 @@ class ModelBatcher:
                 while self._pending and self._pending[0].future.done():  # timed out or cancelled while queued
                     self._pending.popleft()
                 if not self._pending:
-                    self._m_pending.set(0)
+                    if self._m_pending is not None:
+                        self._m_pending.set(0)
                     self._arrived.clear()
                     await self._arrived.wait()
                     continue
@@ -196,7 +199,8 @@ class ModelBatcher:
                     continue  # gather again from the (changed) queue
                 taken = {id(r) for r in batch}
                 self._pending = deque(r for r in self._pending if id(r) not in taken)
-                self._m_pending.set(len(self._pending))
+                if self._m_pending is not None:
+                    self._m_pending.set(len(self._pending))
                 await self._execute(batch, loop)
         finally:
             for request in [*self._running, *self._pending]:

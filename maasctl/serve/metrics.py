@@ -105,6 +105,17 @@ class Metrics:
             self._request_series[(name, version)] = series
         return series
 
+    def bind_pending(self, name: str, version: str, length: Callable[[], int]) -> Any:
+        """Export `length()` as the version's pending-request gauge. In one process the gauge reads it at each scrape,
+        so queueing costs nothing per request: returns None. With --workers (multiprocess mode) a gauge's value lives
+        in the worker's file and no function is read across processes: returns the bound gauge, which the caller sets
+        whenever the queue changes."""
+        gauge = self.pending.labels(name, version)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return gauge
+        gauge.set_function(length)
+        return None
+
     def model_loaded(self, name: str, version: int, provider: str, max_batch_size: int) -> None:
         labels = (name, str(version))
         self._info_labels[labels] = (*labels, provider, str(max_batch_size))
