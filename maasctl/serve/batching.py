@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -197,8 +198,7 @@ class ModelBatcher:
                     finally:
                         wake.cancel()
                     continue  # gather again from the (changed) queue
-                taken = {id(r) for r in batch}
-                self._pending = deque(r for r in self._pending if id(r) not in taken)
+                self._take(batch)
                 if self._m_pending is not None:
                     self._m_pending.set(len(self._pending))
                 await self._execute(batch, loop)
@@ -206,12 +206,22 @@ class ModelBatcher:
             for request in [*self._running, *self._pending]:
                 request.future.cancel()
 
+    def _take(self, batch: list[_Request]) -> None:
+        """Remove the batch's requests from the queue (arrival order, so usually its first ones: popped, no copy)."""
+        pending = self._pending
+        if pending[len(batch) - 1] is batch[-1]:  # the batch is in queue order, so it is the first len(batch) ones
+            for _ in batch:
+                pending.popleft()
+            return
+        taken = {id(r) for r in batch}
+        self._pending = deque(r for r in pending if id(r) not in taken)
+
     def _gather(self, head: _Request) -> tuple[list[_Request], bool]:
         """The oldest request and the queued requests that can join it, in arrival order; and whether it is full."""
         if head.key is None:
             return [head], True
         batch, rows, limit = [head], head.rows, self.config.max_batch_size
-        for request in list(self._pending)[1:]:
+        for request in itertools.islice(self._pending, 1, None):
             if rows >= limit:
                 break
             if request.key != head.key or request.future.done():
