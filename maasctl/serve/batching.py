@@ -29,6 +29,7 @@ import numpy as np
 
 from maasctl.protocol.errors import InferenceError, InvalidInput, NotReady
 from maasctl.runtime import LoadedModel
+from maasctl.serve import metrics as m
 from maasctl.serve.metrics import Metrics
 
 log = logging.getLogger("maasctl.serve")
@@ -81,7 +82,7 @@ class ModelBatcher:
         self._m_count = metrics.count.labels(*labels)
         self._m_exec = metrics.exec_count.labels(*labels)
         self._m_pending = metrics.bind_pending(*labels, lambda: len(self._pending))  # None: read at each scrape
-        self._m_queue = metrics.queue_seconds.labels(*labels)
+        self._m_queue = m.observer(metrics.queue_seconds.labels(*labels))  # called per request
         self._m_compute = metrics.compute_seconds.labels(*labels)
         self._pending: deque[_Request] = deque()
         self._arrived: asyncio.Event | None = None
@@ -237,7 +238,7 @@ class ModelBatcher:
         now = time.perf_counter()
         for request in batch:
             request.started = True
-            self._m_queue.observe(now - request.queued_at)
+            self._m_queue(now - request.queued_at)
         self._running = batch
         try:
             await self._run(batch)

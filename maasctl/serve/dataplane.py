@@ -211,7 +211,7 @@ class _Counted:
         if kind is None:
             success, seconds = self.metrics.request_series(*self.labels)
             success.inc()
-            seconds.observe(time.perf_counter() - self.start)
+            seconds(time.perf_counter() - self.start)
         elif issubclass(kind, asyncio.CancelledError):
             self.metrics.failure.labels(*self.labels, m.CANCELED).inc()
         elif isinstance(exc, Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -101,7 +102,7 @@ class Metrics:
         removed, so a bound series stays valid after an unload."""
         series = self._request_series.get((name, version))
         if series is None:
-            series = self.success.labels(name, version), self.request_seconds.labels(name, version)
+            series = self.success.labels(name, version), observer(self.request_seconds.labels(name, version))
             self._request_series[(name, version)] = series
         return series
 
@@ -154,6 +155,25 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def observer(histogram: Any) -> Callable[[float], None]:
+    """`histogram.observe` for a bound series on the hot path (two histograms per request): the bucket found by
+    bisection instead of a walk through the bounds, without the per-call checks `observe` makes (a bound series is
+    observable; maasctl sets no exemplars). Same buckets, same sum. Plain `observe` should prometheus-client's
+    internals differ."""
+    try:
+        total, buckets, bounds = histogram._sum, histogram._buckets, list(histogram._upper_bounds)
+    except AttributeError:
+        return histogram.observe
+    if len(buckets) != len(bounds) or bounds[-1] != float("inf"):
+        return histogram.observe
+
+    def observe(amount: float) -> None:
+        total.inc(amount)
+        buckets[bisect_left(bounds, amount)].inc(1)  # the first bound >= amount, as Histogram.observe picks it
+
+    return observe
 
 
 class _Readiness(Collector):
