@@ -15,7 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maasctl.inputs.kinds import media_type
 from maasctl.inputs.uploads import Part, body_sources, form_sources
@@ -200,7 +200,12 @@ class InferDispatch:
             try:
                 limit = budget.infer_limit(declared, header_length, self.max_body_bytes)
                 with budget.hold(declared_size(declared, limit)):  # see memory.py
-                    body = await receive_body(receive, declared, limit)
+                    message = await receive()  # the whole body in one message, usually: read here, no coroutine
+                    body = message.get("body", b"")
+                    if message.get("more_body", False) or message["type"] != "http.request" or len(body) > limit:
+                        body = await receive_body(receive, declared, limit, first=message)
+                    elif declared and declared.isdecimal() and int(declared) > limit:
+                        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
                     content, headers = await self.dataplane.infer(*target, body, header_length)
             except (DecodingFull, JsonTooLarge):
                 await receive_body(receive, declared, self.max_body_bytes, keep=False)  # as Endpoints.infer
@@ -235,14 +240,16 @@ def _infer_target(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-async def receive_body(receive: Receive, declared: str | None, limit: int, keep: bool = True) -> bytes:
-    """The request body read straight from the ASGI messages (`keep=False`: read and dropped); 413 as soon as it is,
-    or says it will be, over `limit` bytes, as `_limited_stream`."""
+async def receive_body(
+    receive: Receive, declared: str | None, limit: int, keep: bool = True, first: Message | None = None
+) -> bytes:
+    """The request body read straight from the ASGI messages (`keep=False`: read and dropped; `first`: its first
+    message, already received); 413 as soon as it is, or says it will be, over `limit` bytes, as `_limited_stream`."""
     if declared and declared.isdecimal() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size, more = [], 0, True
     while more:
-        message = await receive()
+        message, first = first or await receive(), None
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
@@ -257,7 +264,8 @@ async def receive_body(receive: Receive, declared: str | None, limit: int, keep:
 
 async def _send(send: Send, status: int, media: bytes, content: bytes, headers: dict[str, str]) -> None:
     raw = [(b"content-length", str(len(content)).encode()), (b"content-type", media)]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": content})
 
