@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,16 +60,25 @@ class BackendError(InvalidInput):
     """400: onnxruntime refused values that the signature check could not see."""
 
 
-@dataclass(eq=False)
 class _Request:
-    inputs: dict[str, np.ndarray]
-    outputs: list[str] | None
-    rows: int
-    key: Hashable | None  # requests with equal keys can share a batch; None: runs alone
-    enqueued: float  # event-loop clock, for deadlines (uvloop's is cached at 1 ms resolution)
-    future: asyncio.Future = field(repr=False)
-    started: bool = False
-    queued_at: float = field(default_factory=time.perf_counter)  # fine-grained, for the queue-time histogram
+    """One queued request (a plain class with slots, not a dataclass: one is made per request)."""
+
+    __slots__ = ("enqueued", "future", "inputs", "key", "outputs", "queued_at", "rows", "started")
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None,
+        rows: int,
+        key: Hashable | None,
+        enqueued: float,
+        future: asyncio.Future,
+    ) -> None:
+        self.inputs, self.outputs, self.rows, self.future = inputs, outputs, rows, future
+        self.key = key  # requests with equal keys can share a batch; None: runs alone
+        self.enqueued = enqueued  # event-loop clock, for deadlines (uvloop's is cached at 1 ms resolution)
+        self.queued_at = time.perf_counter()  # fine-grained, for the queue-time histogram
+        self.started = False
 
 
 class ModelBatcher:
@@ -120,7 +129,8 @@ class ModelBatcher:
     def submit(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> _Request:
         """Queue a request (503 when the queue is full); its `future` gets the outputs once its batch has run."""
         loop = asyncio.get_running_loop()
-        self._ensure_worker(loop)
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._ensure_worker(loop)
         self.raise_if_full()
         rows, key = self._rows_and_key(inputs)
         request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
@@ -345,13 +355,16 @@ class ModelBatcher:
     def _rows_and_key(self, inputs: dict[str, np.ndarray]) -> tuple[int, Hashable | None]:
         if not self.batchable:
             return 1, None
+        if len(inputs) == 1:  # the common case: one input, no set of first dimensions, no sorting
+            ((name, a),) = inputs.items()
+            rows = a.shape[0] if a.ndim else -1
+            if 0 < rows <= self.config.max_batch_size:
+                return rows, ((name, a.dtype, a.shape[1:]),)
+            return max(rows, 1), None
         firsts = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
         rows = firsts.pop() if len(firsts) == 1 else -1
         if rows <= 0 or rows > self.config.max_batch_size:
             return max(rows, 1), None
-        if len(inputs) == 1:  # the common case, without sorting
-            ((name, a),) = inputs.items()
-            return rows, ((name, a.dtype, a.shape[1:]),)
         return rows, tuple(sorted((name, a.dtype, a.shape[1:]) for name, a in inputs.items()))
 
 
