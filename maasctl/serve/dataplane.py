@@ -210,7 +210,7 @@ class _Counted:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if kind is None:
             success, seconds = self.metrics.request_series(*self.labels)
-            success.inc()
+            success(1)
             seconds(time.perf_counter() - self.start)
         elif issubclass(kind, asyncio.CancelledError):
             self.metrics.failure.labels(*self.labels, m.CANCELED).inc()

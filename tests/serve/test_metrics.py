@@ -77,3 +77,17 @@ def test_the_hot_path_observer_fills_the_same_buckets_and_sum_as_observe():
         texts.append(b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line))
     assert texts[0] == texts[1]  # every bucket, the count and the sum (not the creation time)
     assert b't_seconds_bucket{le="0.0001",model="m"} 3.0' in texts[1]  # 0, 0.00003 and 0.0001 itself
+
+
+def test_the_hot_path_incrementer_counts_as_inc():
+    from prometheus_client import CollectorRegistry, Counter
+
+    from maasctl.serve.metrics import incrementer
+
+    registry = CollectorRegistry()
+    series = Counter("t", "t", ["model"], registry=registry).labels("m")
+    series.inc(2)
+    inc = incrementer(series)
+    inc(1)
+    inc(3)
+    assert registry.get_sample_value("t_total", {"model": "m"}) == 6
