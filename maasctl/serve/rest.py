@@ -32,6 +32,7 @@ log = logging.getLogger("maasctl.serve")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_TOP_K = 1000
 HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()  # ASGI header names come lower-case
+JSON_TYPE = (b"content-type", b"application/json")
 
 
 def json_response(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -179,16 +180,16 @@ class InferDispatch:
     def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int) -> None:
         self.app, self.dataplane, self.max_body_bytes = app, dataplane, max_body_bytes
 
+    # An infer request is answered in this one coroutine, body read and reply sent included: each further coroutine
+    # is one more to create and to resume on every request.
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            target = _infer_target(path) if path.endswith("/infer") else None
-            if target is not None:
-                await self._infer(target, path, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    async def _infer(self, target: tuple[str, str | None], path: str, scope: Scope, receive: Receive, send: Send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not (path := scope["path"]).endswith("/infer"):
+            await self.app(scope, receive, send)
+            return
+        target = _infer_target(path)
+        if target is None:
+            await self.app(scope, receive, send)
+            return
         declared = header_length = None
         for key, value in scope["headers"]:  # the first of each, as starlette's Headers.get
             if key == b"content-length" and declared is None:
@@ -221,7 +222,11 @@ class InferDispatch:
             content = orjson.dumps({"error": f"internal error: {exc.__class__.__name__}"})
             await _send(send, 500, b"application/json", content, {})
             return
-        await _send(send, 200, b"application/octet-stream" if headers else b"application/json", content, headers)
+        raw = [(b"content-length", str(len(content)).encode()), JSON_TYPE]
+        if headers:  # binary outputs
+            raw = [raw[0], (b"content-type", b"application/octet-stream"), *_raw_headers(headers)]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
 
 
 async def _answered_by_dispatch(request: Request) -> Response:
@@ -263,11 +268,13 @@ async def receive_body(
 
 
 async def _send(send: Send, status: int, media: bytes, content: bytes, headers: dict[str, str]) -> None:
-    raw = [(b"content-length", str(len(content)).encode()), (b"content-type", media)]
-    if headers:
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw = [(b"content-length", str(len(content)).encode()), (b"content-type", media), *_raw_headers(headers)]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": content})
+
+
+def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
 def _error_reply(exc: InferenceError, method: str, path: str) -> tuple[bytes, int, dict[str, str]]:
