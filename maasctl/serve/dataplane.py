@@ -85,15 +85,23 @@ class DataPlane:
     ) -> tuple[bytes, dict[str, str]]:
         served = self.served.get(name, version)
         model = served.model
-        with self.counted(model):  # encoding included: a response that cannot be sent is a failure
-            # `_run` written out (no lambda, no coroutine between this one and the batcher's future): the REST hot path
+        labels = model.name, str(model.version)
+        # `counted` and `_run` written out (no context manager, no lambda, no coroutine between this one and the
+        # batcher's future): this is the REST hot path.
+        start = time.perf_counter()
+        try:  # encoding included: a response that cannot be sent is a failure
             batcher = served.batcher
             batcher.raise_if_full()
             request = decode_request(body, header_length, served.signature)
             outputs = await batcher.infer(request.inputs, request.outputs)
-            return encode_response(
-                InferResponse(model.name, str(model.version), outputs, request.id, request.binary_outputs)
-            )
+            reply = encode_response(InferResponse(*labels, outputs, request.id, request.binary_outputs))
+        except BaseException as exc:
+            _count_failure(self.metrics, labels, exc)
+            raise
+        success, seconds = self.metrics.request_series(*labels)
+        success(1)
+        seconds(time.perf_counter() - start)
+        return reply
 
     async def predict(self, name: str, version: str | None, read: ReadUpload) -> dict[str, Any]:
         """File prediction (`/predict`): the inputs `read` gives for this model, labelled as `maasctl predict
@@ -212,10 +220,16 @@ class _Counted:
             success, seconds = self.metrics.request_series(*self.labels)
             success(1)
             seconds(time.perf_counter() - self.start)
-        elif issubclass(kind, asyncio.CancelledError):
-            self.metrics.failure.labels(*self.labels, m.CANCELED).inc()
-        elif isinstance(exc, Exception):
-            self.metrics.failure.labels(*self.labels, _reason(exc)).inc()
+        elif exc is not None:
+            _count_failure(self.metrics, self.labels, exc)
+
+
+def _count_failure(metrics: m.Metrics, labels: tuple[str, str], exc: BaseException) -> None:
+    """One failed request to the model version `labels`, by reason."""
+    if isinstance(exc, asyncio.CancelledError):
+        metrics.failure.labels(*labels, m.CANCELED).inc()
+    elif isinstance(exc, Exception):
+        metrics.failure.labels(*labels, _reason(exc)).inc()
 
 
 def _reason(exc: Exception) -> str:
