@@ -131,7 +131,8 @@ class ModelBatcher:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._worker is None or self._worker.done():
             self._ensure_worker(loop)
-        self.raise_if_full()
+        if len(self._pending) >= self.config.max_queue_size:
+            self.raise_if_full()
         rows, key = self._rows_and_key(inputs)
         request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
         self._pending.append(request)
