@@ -33,6 +33,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_TOP_K = 1000
 HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()  # ASGI header names come lower-case
 JSON_TYPE = (b"content-type", b"application/json")
+MAX_CACHED_TARGETS = 1024  # parsed infer paths kept; clients choose paths, so the cache is bounded
 
 
 def json_response(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -179,6 +180,7 @@ class InferDispatch:
 
     def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int) -> None:
         self.app, self.dataplane, self.max_body_bytes = app, dataplane, max_body_bytes
+        self._targets: dict[str, tuple[str, str | None]] = {}  # infer path -> (name, version): parsed once
 
     # An infer request is answered in this one coroutine, body read and reply sent included: each further coroutine
     # is one more to create and to resume on every request.
@@ -186,7 +188,9 @@ class InferDispatch:
         if scope["type"] != "http" or scope["method"] != "POST" or not (path := scope["path"]).endswith("/infer"):
             await self.app(scope, receive, send)
             return
-        target = _infer_target(path)
+        target = self._targets.get(path)
+        if target is None and (target := _infer_target(path)) is not None and len(self._targets) < MAX_CACHED_TARGETS:
+            self._targets[path] = target  # paths only, no models: a load or unload changes nothing here
         if target is None:
             await self.app(scope, receive, send)
             return
