@@ -303,10 +303,15 @@ class ModelBatcher:
             for request in batch:
                 await self._run([request])
             return
-        start = 0
-        for request in batch:  # views into the batch's outputs, no copies
+        start, order = 0, self._output_order
+        for request in batch:  # views into the batch's outputs, no copies; written out: it runs for every request
             end = start + request.rows
-            _settle(request, {name: results[name][start:end] for name in (request.outputs or self._output_order)})
+            names = request.outputs or order
+            if not request.future.done():  # else the client's wait timed out meanwhile; nobody reads this
+                if len(names) == 1:
+                    request.future.set_result({names[0]: results[names[0]][start:end]})
+                else:
+                    request.future.set_result({name: results[name][start:end] for name in names})
             start = end
 
     def _timed_run(
