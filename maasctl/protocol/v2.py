@@ -244,9 +244,8 @@ def _decode_input(i: int, item: dict[str, Any], binary: bytes, offset: int, sign
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):  # bool is not int here
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
     _check_shape(name, shape, expected_shape)
-    params = _parameters(item.get("parameters"), f"input {name!r} parameters")
-
-    if "binary_data_size" in params:
+    params = item.get("parameters")  # usually none: then no message for an error that cannot happen is formatted
+    if params is not None and "binary_data_size" in _parameters(params, f"input {name!r} parameters"):
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
             raise InvalidInput(

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from maasctl.protocol.errors import InferenceError, InvalidInput, NotReady
 from maasctl.runtime import LoadedModel
+from maasctl.serve import metrics as m
 from maasctl.serve.metrics import Metrics
 
 log = logging.getLogger("maasctl.serve")
@@ -58,16 +60,25 @@ class BackendError(InvalidInput):
     """400: onnxruntime refused values that the signature check could not see."""
 
 
-@dataclass(eq=False)
 class _Request:
-    inputs: dict[str, np.ndarray]
-    outputs: list[str] | None
-    rows: int
-    key: Hashable | None  # requests with equal keys can share a batch; None: runs alone
-    enqueued: float  # event-loop clock, for deadlines (uvloop's is cached at 1 ms resolution)
-    future: asyncio.Future = field(repr=False)
-    started: bool = False
-    queued_at: float = field(default_factory=time.perf_counter)  # fine-grained, for the queue-time histogram
+    """One queued request (a plain class with slots, not a dataclass: one is made per request)."""
+
+    __slots__ = ("enqueued", "future", "inputs", "key", "outputs", "queued_at", "rows", "started")
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str] | None,
+        rows: int,
+        key: Hashable | None,
+        enqueued: float,
+        future: asyncio.Future,
+    ) -> None:
+        self.inputs, self.outputs, self.rows, self.future = inputs, outputs, rows, future
+        self.key = key  # requests with equal keys can share a batch; None: runs alone
+        self.enqueued = enqueued  # event-loop clock, for deadlines (uvloop's is cached at 1 ms resolution)
+        self.queued_at = time.perf_counter()  # fine-grained, for the queue-time histogram
+        self.started = False
 
 
 class ModelBatcher:
@@ -79,8 +90,8 @@ class ModelBatcher:
         labels = (model.name, str(model.version))
         self._m_count = metrics.count.labels(*labels)
         self._m_exec = metrics.exec_count.labels(*labels)
-        self._m_pending = metrics.pending.labels(*labels)
-        self._m_queue = metrics.queue_seconds.labels(*labels)
+        self._m_pending = metrics.bind_pending(*labels, lambda: len(self._pending))  # None: read at each scrape
+        self._m_queue = m.observer(metrics.queue_seconds.labels(*labels))  # called per request
         self._m_compute = metrics.compute_seconds.labels(*labels)
         self._pending: deque[_Request] = deque()
         self._arrived: asyncio.Event | None = None
@@ -93,12 +104,19 @@ class ModelBatcher:
         self._to_observe: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []  # for the drift window
         self.drift: Any = None  # a maasctl.drift.DriftMonitor, set when the manifest has training statistics
 
-    async def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run."""
+    def infer(
+        self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> Awaitable[dict[str, np.ndarray]]:
+        """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run: `await
+        batcher.infer(...)`. Without a timeout that awaits the request's future itself, no coroutine around it (one
+        frame less to create and resume on every request)."""
         request = self.submit(inputs, outputs)
         timeout = self.config.request_timeout_s
         if timeout is None:
-            return await request.future
+            return request.future
+        return self._infer_within(request, timeout)
+
+    async def _infer_within(self, request: _Request, timeout: float) -> dict[str, np.ndarray]:
         try:
             return await asyncio.wait_for(request.future, timeout)  # cancels the future when time is up
         except asyncio.TimeoutError:
@@ -111,12 +129,15 @@ class ModelBatcher:
     def submit(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> _Request:
         """Queue a request (503 when the queue is full); its `future` gets the outputs once its batch has run."""
         loop = asyncio.get_running_loop()
-        self._ensure_worker(loop)
-        self.raise_if_full()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._ensure_worker(loop)
+        if len(self._pending) >= self.config.max_queue_size:
+            self.raise_if_full()
         rows, key = self._rows_and_key(inputs)
         request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
         self._pending.append(request)
-        self._m_pending.set(len(self._pending))
+        if self._m_pending is not None:
+            self._m_pending.set(len(self._pending))
         assert self._arrived is not None
         self._arrived.set()
         return request
@@ -158,7 +179,8 @@ class ModelBatcher:
             self._pending.remove(request)
         except ValueError:
             return  # already taken into a batch
-        self._m_pending.set(len(self._pending))
+        if self._m_pending is not None:
+            self._m_pending.set(len(self._pending))
         if self._arrived is not None:
             self._arrived.set()  # the worker may be waiting on its behalf
 
@@ -171,7 +193,8 @@ class ModelBatcher:
                 while self._pending and self._pending[0].future.done():  # timed out or cancelled while queued
                     self._pending.popleft()
                 if not self._pending:
-                    self._m_pending.set(0)
+                    if self._m_pending is not None:
+                        self._m_pending.set(0)
                     self._arrived.clear()
                     await self._arrived.wait()
                     continue
@@ -187,20 +210,30 @@ class ModelBatcher:
                     finally:
                         wake.cancel()
                     continue  # gather again from the (changed) queue
-                taken = {id(r) for r in batch}
-                self._pending = deque(r for r in self._pending if id(r) not in taken)
-                self._m_pending.set(len(self._pending))
+                self._take(batch)
+                if self._m_pending is not None:
+                    self._m_pending.set(len(self._pending))
                 await self._execute(batch, loop)
         finally:
             for request in [*self._running, *self._pending]:
                 request.future.cancel()
+
+    def _take(self, batch: list[_Request]) -> None:
+        """Remove the batch's requests from the queue (arrival order, so usually its first ones: popped, no copy)."""
+        pending = self._pending
+        if pending[len(batch) - 1] is batch[-1]:  # the batch is in queue order, so it is the first len(batch) ones
+            for _ in batch:
+                pending.popleft()
+            return
+        taken = {id(r) for r in batch}
+        self._pending = deque(r for r in pending if id(r) not in taken)
 
     def _gather(self, head: _Request) -> tuple[list[_Request], bool]:
         """The oldest request and the queued requests that can join it, in arrival order; and whether it is full."""
         if head.key is None:
             return [head], True
         batch, rows, limit = [head], head.rows, self.config.max_batch_size
-        for request in list(self._pending)[1:]:
+        for request in itertools.islice(self._pending, 1, None):
             if rows >= limit:
                 break
             if request.key != head.key or request.future.done():
@@ -216,7 +249,7 @@ class ModelBatcher:
         now = time.perf_counter()
         for request in batch:
             request.started = True
-            self._m_queue.observe(now - request.queued_at)
+            self._m_queue(now - request.queued_at)
         self._running = batch
         try:
             await self._run(batch)
@@ -270,10 +303,15 @@ class ModelBatcher:
             for request in batch:
                 await self._run([request])
             return
-        start = 0
-        for request in batch:  # views into the batch's outputs, no copies
+        start, order = 0, self._output_order
+        for request in batch:  # views into the batch's outputs, no copies; written out: it runs for every request
             end = start + request.rows
-            _settle(request, {name: results[name][start:end] for name in (request.outputs or self._output_order)})
+            names = request.outputs or order
+            if not request.future.done():  # else the client's wait timed out meanwhile; nobody reads this
+                if len(names) == 1:
+                    request.future.set_result({names[0]: results[names[0]][start:end]})
+                else:
+                    request.future.set_result({name: results[name][start:end] for name in names})
             start = end
 
     def _timed_run(
@@ -323,13 +361,16 @@ class ModelBatcher:
     def _rows_and_key(self, inputs: dict[str, np.ndarray]) -> tuple[int, Hashable | None]:
         if not self.batchable:
             return 1, None
+        if len(inputs) == 1:  # the common case: one input, no set of first dimensions, no sorting
+            ((name, a),) = inputs.items()
+            rows = a.shape[0] if a.ndim else -1
+            if 0 < rows <= self.config.max_batch_size:
+                return rows, ((name, a.dtype, a.shape[1:]),)
+            return max(rows, 1), None
         firsts = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
         rows = firsts.pop() if len(firsts) == 1 else -1
         if rows <= 0 or rows > self.config.max_batch_size:
             return max(rows, 1), None
-        if len(inputs) == 1:  # the common case, without sorting
-            ((name, a),) = inputs.items()
-            return rows, ((name, a.dtype, a.shape[1:]),)
         return rows, tuple(sorted((name, a.dtype, a.shape[1:]) for name, a in inputs.items()))
 
 

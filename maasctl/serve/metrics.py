@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -96,14 +97,28 @@ class Metrics:
         self._request_series: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def request_series(self, name: str, version: str) -> tuple[Any, Any]:
-        """The success counter and request-seconds histogram of one model version, bound once: `labels()` takes a
-        lock and hashes the labels on every call, and these two are updated on every request. Counters are never
-        removed, so a bound series stays valid after an unload."""
+        """The success counter's `inc` and request-seconds histogram's `observe` of one model version, bound once
+        (see `incrementer` and `observer`): `labels()` takes a lock and hashes the labels on every call, and these two
+        are updated on every request. Counters are never removed, so a bound series stays valid after an unload."""
         series = self._request_series.get((name, version))
         if series is None:
-            series = self.success.labels(name, version), self.request_seconds.labels(name, version)
+            series = (
+                incrementer(self.success.labels(name, version)),
+                observer(self.request_seconds.labels(name, version)),
+            )
             self._request_series[(name, version)] = series
         return series
+
+    def bind_pending(self, name: str, version: str, length: Callable[[], int]) -> Any:
+        """Export `length()` as the version's pending-request gauge. In one process the gauge reads it at each scrape,
+        so queueing costs nothing per request: returns None. With --workers (multiprocess mode) a gauge's value lives
+        in the worker's file and no function is read across processes: returns the bound gauge, which the caller sets
+        whenever the queue changes."""
+        gauge = self.pending.labels(name, version)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return gauge
+        gauge.set_function(length)
+        return None
 
     def model_loaded(self, name: str, version: int, provider: str, max_batch_size: int) -> None:
         labels = (name, str(version))
@@ -143,6 +158,33 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def incrementer(counter: Any) -> Callable[[float], None]:
+    """`counter.inc` for a bound series on the hot path: its value's own `inc`, without the checks `Counter.inc` makes
+    on every call (a bound series is observable; the amounts here are never negative; no exemplars). Plain `inc`
+    should prometheus-client's internals differ."""
+    value = getattr(counter, "_value", None)
+    return value.inc if callable(getattr(value, "inc", None)) else counter.inc
+
+
+def observer(histogram: Any) -> Callable[[float], None]:
+    """`histogram.observe` for a bound series on the hot path (two histograms per request): the bucket found by
+    bisection instead of a walk through the bounds, without the per-call checks `observe` makes (a bound series is
+    observable; maasctl sets no exemplars). Same buckets, same sum. Plain `observe` should prometheus-client's
+    internals differ."""
+    try:
+        total, buckets, bounds = histogram._sum, histogram._buckets, list(histogram._upper_bounds)
+    except AttributeError:
+        return histogram.observe
+    if len(buckets) != len(bounds) or bounds[-1] != float("inf"):
+        return histogram.observe
+
+    def observe(amount: float) -> None:
+        total.inc(amount)
+        buckets[bisect_left(bounds, amount)].inc(1)  # the first bound >= amount, as Histogram.observe picks it
+
+    return observe
 
 
 class _Readiness(Collector):

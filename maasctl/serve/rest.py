@@ -15,7 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maasctl.inputs.kinds import media_type
 from maasctl.inputs.uploads import Part, body_sources, form_sources
@@ -32,6 +32,8 @@ log = logging.getLogger("maasctl.serve")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_TOP_K = 1000
 HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()  # ASGI header names come lower-case
+JSON_TYPE = (b"content-type", b"application/json")
+MAX_CACHED_TARGETS = 1024  # parsed infer paths kept; clients choose paths, so the cache is bounded
 
 
 def json_response(content: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -178,17 +180,20 @@ class InferDispatch:
 
     def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int) -> None:
         self.app, self.dataplane, self.max_body_bytes = app, dataplane, max_body_bytes
+        self._targets: dict[str, tuple[str, str | None]] = {}  # infer path -> (name, version): parsed once
 
+    # An infer request is answered in this one coroutine, body read and reply sent included: each further coroutine
+    # is one more to create and to resume on every request.
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            target = _infer_target(path) if path.endswith("/infer") else None
-            if target is not None:
-                await self._infer(target, path, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    async def _infer(self, target: tuple[str, str | None], path: str, scope: Scope, receive: Receive, send: Send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not (path := scope["path"]).endswith("/infer"):
+            await self.app(scope, receive, send)
+            return
+        target = self._targets.get(path)
+        if target is None and (target := _infer_target(path)) is not None and len(self._targets) < MAX_CACHED_TARGETS:
+            self._targets[path] = target  # paths only, no models: a load or unload changes nothing here
+        if target is None:
+            await self.app(scope, receive, send)
+            return
         declared = header_length = None
         for key, value in scope["headers"]:  # the first of each, as starlette's Headers.get
             if key == b"content-length" and declared is None:
@@ -200,7 +205,12 @@ class InferDispatch:
             try:
                 limit = budget.infer_limit(declared, header_length, self.max_body_bytes)
                 with budget.hold(declared_size(declared, limit)):  # see memory.py
-                    body = await receive_body(receive, declared, limit)
+                    message = await receive()  # the whole body in one message, usually: read here, no coroutine
+                    body = message.get("body", b"")
+                    if message.get("more_body", False) or message["type"] != "http.request" or len(body) > limit:
+                        body = await receive_body(receive, declared, limit, first=message)
+                    elif declared and declared.isdecimal() and int(declared) > limit:
+                        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
                     content, headers = await self.dataplane.infer(*target, body, header_length)
             except (DecodingFull, JsonTooLarge):
                 await receive_body(receive, declared, self.max_body_bytes, keep=False)  # as Endpoints.infer
@@ -216,7 +226,11 @@ class InferDispatch:
             content = orjson.dumps({"error": f"internal error: {exc.__class__.__name__}"})
             await _send(send, 500, b"application/json", content, {})
             return
-        await _send(send, 200, b"application/octet-stream" if headers else b"application/json", content, headers)
+        raw = [(b"content-length", str(len(content)).encode()), JSON_TYPE]
+        if headers:  # binary outputs
+            raw = [raw[0], (b"content-type", b"application/octet-stream"), *_raw_headers(headers)]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
 
 
 async def _answered_by_dispatch(request: Request) -> Response:
@@ -235,14 +249,16 @@ def _infer_target(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-async def receive_body(receive: Receive, declared: str | None, limit: int, keep: bool = True) -> bytes:
-    """The request body read straight from the ASGI messages (`keep=False`: read and dropped); 413 as soon as it is,
-    or says it will be, over `limit` bytes, as `_limited_stream`."""
+async def receive_body(
+    receive: Receive, declared: str | None, limit: int, keep: bool = True, first: Message | None = None
+) -> bytes:
+    """The request body read straight from the ASGI messages (`keep=False`: read and dropped; `first`: its first
+    message, already received); 413 as soon as it is, or says it will be, over `limit` bytes, as `_limited_stream`."""
     if declared and declared.isdecimal() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size, more = [], 0, True
     while more:
-        message = await receive()
+        message, first = first or await receive(), None
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
@@ -256,10 +272,13 @@ async def receive_body(receive: Receive, declared: str | None, limit: int, keep:
 
 
 async def _send(send: Send, status: int, media: bytes, content: bytes, headers: dict[str, str]) -> None:
-    raw = [(b"content-length", str(len(content)).encode()), (b"content-type", media)]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw = [(b"content-length", str(len(content)).encode()), (b"content-type", media), *_raw_headers(headers)]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": content})
+
+
+def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
 def _error_reply(exc: InferenceError, method: str, path: str) -> tuple[bytes, int, dict[str, str]]:

@@ -148,8 +148,12 @@ def test_unload_lets_queued_requests_finish(repo):
     plane = dataplane(repo)
     gate = Gate(plane.model("adder"))
     with serving(plane) as base, ThreadPoolExecutor(4) as pool:
-        pending = [pool.submit(infer, base, "adder", {"x": X}) for _ in range(3)]
+        pending = [pool.submit(infer, base, "adder", {"x": X})]
         assert gate.entered.wait(15)
+        # Two more queued behind the held one before the unload starts (a request still on its way then is rightly
+        # refused with 404: waiting here keeps the test from racing it).
+        pending += [pool.submit(infer, base, "adder", {"x": X}) for _ in range(2)]
+        wait_until(lambda: metric(scrape(base), "nv_inference_pending_request_count", model="adder") == 2, "queueing")
         unloading = pool.submit(http, "POST", f"{base}/v2/repository/models/adder/unload")
         wait_until(lambda: not plane.repository_index(ready_only=True), "the model to leave the served set")
         assert infer(base, "adder", {"x": X})[0] == 404  # new requests are refused at once...
