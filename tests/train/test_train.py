@@ -423,6 +423,9 @@ def test_ctrl_c_exits_130_and_resume_continues_from_the_last_epoch(tmp_path):
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            # A suite started in the background (`pytest &`) has SIGINT ignored, which children inherit, and Python
+            # then installs no KeyboardInterrupt handler: give the child the default, as a terminal would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 120
