@@ -6,8 +6,8 @@
 
 On the image-folder digits example (`maasctl examples`; the recipe recipes/digits_folder_resnet18.yaml), per seed:
 the teacher (ResNet-18, the recipe as it is), a small student trained from scratch, and the same student distilled
-from the teacher (`distill.teacher` = the teacher's fp32 ONNX export), each exported to ONNX and again with `--quantize int8`
-stacked on top. Every model is measured by `maasctl benchmark`'s own code (maasctl/benchmark.py: the ONNX model's
+from the teacher (`distill.teacher` = the teacher's fp32 ONNX export), each exported to ONNX and again with
+`--quantize int8` stacked on top. Every model is measured by `maasctl benchmark`'s own code (maasctl/benchmark.py: the ONNX model's
 accuracy on its recipe's test split, file size, parameters, median latency at batch 1 and 32 on CPU). Each seed
 seeds the split, the initial weights and the batch order; a seed's teacher and students share its split.
 
