@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = (
-    "torch",
-    "torchvision",
-    "onnx",
-    "onnxscript",
-    "matplotlib",
-    "transformers",
-)  # the `train` extra (pyproject.toml)
+from maasctl.cli import TRAIN_EXTRA
+
+HEAVY = tuple(sorted(TRAIN_EXTRA))  # the `train` extra (pyproject.toml), as the CLI names it in its hint
 # Runs maasctl's console entry point as on a box where the `train` extra was never installed.
 WITHOUT_TRAIN_EXTRA = (
     "import sys\n"
