@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from maasctl.repository import ModelRepository
@@ -348,3 +349,19 @@ def file_adder(repo: Path, version: int, corrupt: bool = False) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staged.rename(folder)
     return folder
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def colour_images(
+    root: Path, per_class: int, size: Callable[[int], tuple[int, int]], noise: int
+) -> Iterator[tuple[Path, int, Image.Image]]:
+    """An image folder of three classes, noisy solid colours: makes root/<colour>/ and yields (class folder, index,
+    image) for the caller to save in its own formats. `size(i)`: (height, width) of image i; the seed is fixed."""
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(-noise, noise, (*size(i), 3))
+            yield root / name, i, Image.fromarray(np.clip(np.array(rgb) + pixels, 0, 255).astype(np.uint8))

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import colour_images, run_cli
 from PIL import Image
 
 from maasctl.data import build_dataset
@@ -23,16 +23,8 @@ def data_of(*overrides: str, seed: int = 0):
 
 
 def _colour_folder(root, per_class=8, sizes=((20, 24), (40, 30), (17, 50))):
-    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-    rng = np.random.default_rng(0)
-    for name, rgb in colours.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            h, w = sizes[i % len(sizes)]
-            noise = rng.integers(-20, 20, (h, w, 3))
-            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(
-                root / name / f"{i}.{'png' if i % 2 else 'jpg'}"
-            )
+    for folder_, i, image in colour_images(root, per_class, lambda i: sizes[i % len(sizes)], noise=20):
+        image.save(folder_ / f"{i}.{'png' if i % 2 else 'jpg'}")
     return root
 
 

@@ -13,8 +13,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
-from PIL import Image
+from helpers import colour_images, run_cli
 
 from maasctl.errors import UsageError
 from maasctl.models import create_model
@@ -30,12 +29,8 @@ FAMILIES = ["test_resnet", "test_efficientnet", "mobilenetv3_small_050", "test_c
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for name, rgb in {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}.items():
-        (root / name).mkdir()
-        for i in range(10):
-            noise = rng.integers(-30, 30, (40 + i, 36, 3))
-            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.jpg")
+    for folder_, i, image in colour_images(root, 10, lambda i: (40 + i, 36), noise=30):
+        image.save(folder_ / f"{i}.jpg")
     return root
 
 

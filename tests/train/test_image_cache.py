@@ -9,9 +9,9 @@ import json
 import os
 from collections import namedtuple
 
-import numpy as np
 import pytest
 import torch
+from helpers import colour_images
 from PIL import Image
 
 from maasctl.data import build_dataset
@@ -25,19 +25,15 @@ from maasctl.train.streaming import StreamFeed, train_transform
 def folder(tmp_path_factory):
     """3 colour classes of mixed sizes, with an EXIF-rotated JPEG and a greyscale PNG among them."""
     root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
     exif = Image.Exif()
     exif[0x0112] = 6  # displayed turned a quarter: width and height swap
-    for name, rgb in {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}.items():
-        (root / name).mkdir()
-        for i in range(8):
-            pixels = np.clip(np.array(rgb) + rng.integers(-25, 25, (15 + 3 * i, 30 - i, 3)), 0, 255).astype(np.uint8)
-            if i == 0:
-                Image.fromarray(pixels).save(root / name / "turned.jpg", exif=exif.tobytes())
-            elif i == 1:
-                Image.fromarray(pixels).convert("L").save(root / name / "grey.png")
-            else:
-                Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+    for folder_, i, image in colour_images(root, 8, lambda i: (15 + 3 * i, 30 - i), noise=25):
+        if i == 0:
+            image.save(folder_ / "turned.jpg", exif=exif.tobytes())
+        elif i == 1:
+            image.convert("L").save(folder_ / "grey.png")
+        else:
+            image.save(folder_ / f"{i}.{'png' if i % 2 else 'jpg'}")
     return root
 
 

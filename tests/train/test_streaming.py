@@ -6,11 +6,9 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
-from helpers import run_cli
-from PIL import Image
+from helpers import colour_images, run_cli
 
 from maasctl.data import build_dataset
 from maasctl.recipe import load_recipe
@@ -21,12 +19,8 @@ from maasctl.train.streaming import StreamFeed
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for name, rgb in {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}.items():
-        (root / name).mkdir()
-        for i in range(12):
-            noise = rng.integers(-20, 20, (18 + i, 22, 3))
-            Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    for folder_, i, image in colour_images(root, 12, lambda i: (18 + i, 22), noise=20):
+        image.save(folder_ / f"{i}.png")
     return root
 
 
