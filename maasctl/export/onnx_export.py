@@ -22,10 +22,9 @@ from maasctl import __version__
 from maasctl.data import build_dataset
 from maasctl.errors import CheckFailed, UsageError
 from maasctl.fileio import atomic_write_json, atomic_write_text, sha256_file
-from maasctl.models import build_model_from_meta
 from maasctl.recipe import load_recipe
 from maasctl.repository import MANIFEST, MANIFEST_FORMAT, ONNX_FILE, ModelRepository, discard
-from maasctl.train.checkpoint import load_checkpoint
+from maasctl.train.checkpoint import load_best_model
 
 PARITY_SAMPLES = 256
 STREAMED_REFERENCE = 2_000  # streamed images decoded for the drift reference (decoding them all could take hours)
@@ -144,20 +143,12 @@ def export_run(
 
 def _trained_model(run_dir: Path, recipe: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The run's best checkpoint in its architecture, in eval mode, and the metadata saved with it."""
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    meta = ckpt["meta"]
-    model = build_model_from_meta(meta, weights_follow=True)
+    model, meta = load_best_model(run_dir, note=". Nothing was filed.")
     if (meta["model_name"], meta["model_params"]) != (recipe.model.name, recipe.model.params):
         raise UsageError(
             f"{run_dir}: the checkpoint holds a {meta['model_name']} {meta['model_params']}, but the run's recipe.yaml "
             f"names {recipe.model.name} {recipe.model.params}; the checkpoint comes from another recipe. Nothing was filed."
         )
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise UsageError(
-            f"{run_dir}: the checkpoint's weights do not fit the model: {str(exc).splitlines()[0]}. Nothing was filed."
-        ) from None
     return model.eval(), meta
 
 

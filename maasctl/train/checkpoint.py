@@ -31,6 +31,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read checkpoint {path}: {exc}") from None
 
 
+def load_best_model(run_dir: Path, note: str = "") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The run's best checkpoint rebuilt in its architecture (from the metadata saved with it, pruned shapes
+    included), and that metadata. Weights that do not fit: UsageError naming the file, `note` appended."""
+    from maasctl.models import build_model_from_meta
+
+    path = run_dir / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(path)
+    model = build_model_from_meta(ckpt["meta"], weights_follow=True)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"{path}: the weights do not fit its model: {str(exc).splitlines()[0]}{note}") from None
+    return model, ckpt["meta"]
+
+
 def snapshot(obj: Any) -> Any:
     """A copy of a state (tensors on the CPU, containers new) that training may go on changing the original of."""
     if isinstance(obj, torch.Tensor):

@@ -62,17 +62,13 @@ def load_teacher(cfg: Any, data: Dataset, device: torch.device) -> Teacher:
 
 
 def _run_teacher(spec: str, run_dir: Path, device: torch.device) -> Teacher:
-    from maasctl.models import build_model_from_meta
-    from maasctl.train.checkpoint import load_checkpoint
+    from maasctl.train.checkpoint import load_best_model
 
-    best = run_dir / "checkpoints" / "best.pt"
-    ckpt = load_checkpoint(best)  # torch.load(weights_only=True)
-    meta = ckpt["meta"]
-    model = build_model_from_meta(meta, weights_follow=True)
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise UsageError(f"{WHERE}: {best}: the weights do not fit its model: {str(exc).splitlines()[0]}") from None
+        model, meta = load_best_model(run_dir)  # torch.load(weights_only=True)
+    except UsageError as exc:
+        raise UsageError(f"{WHERE}: {exc}") from None
+    best = run_dir / "checkpoints" / "best.pt"
     model = model.to(device).eval().requires_grad_(False)
 
     @torch.no_grad()

@@ -28,7 +28,7 @@ from maasctl.errors import UsageError
 from maasctl.fileio import atomic_write_json
 from maasctl.models import build_model_from_meta
 from maasctl.recipe import Recipe, load_recipe
-from maasctl.train.checkpoint import load_checkpoint
+from maasctl.train.checkpoint import load_best_model
 from maasctl.train.finetune import head_prefixes, with_model_defaults
 from maasctl.train.objective import Objective
 
@@ -228,10 +228,7 @@ def _load_parent(parent: Path) -> tuple[Recipe, dict[str, Any], nn.Module, str]:
     """The parent's recipe, its best checkpoint's metadata and model, and the classifier's name; refused when the
     pruner does not cover the architecture."""
     recipe = with_model_defaults(load_recipe(parent / "recipe.yaml"))
-    ckpt = load_checkpoint(parent / "checkpoints" / "best.pt")
-    meta = ckpt["meta"]
-    model = build_model_from_meta(meta, weights_follow=True)
-    model.load_state_dict(ckpt["model"])
+    model, meta = load_best_model(parent)
     return recipe, meta, model, check_prunable(model, meta, parent)
 
 
