@@ -15,7 +15,7 @@ from maasctl.inputs.decode import in_input_order, load_all, stack_batches
 from maasctl.inputs.outputs import is_regression, label_batch, model_labels, scores_output, value_batch
 from maasctl.inputs.types import ModelInput, Sample, Source
 from maasctl.protocol.errors import InvalidInput
-from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_response
+from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_reply
 from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
@@ -94,7 +94,7 @@ class DataPlane:
             batcher.raise_if_full()
             request = decode_request(body, header_length, served.signature)
             outputs = await batcher.infer(request.inputs, request.outputs)
-            reply = encode_response(InferResponse(*labels, outputs, request.id, request.binary_outputs))
+            reply = encode_reply(*labels, outputs, request.id, request.binary_outputs)
         except BaseException as exc:
             _count_failure(self.metrics, labels, exc)
             raise
