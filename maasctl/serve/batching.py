@@ -29,7 +29,6 @@ import numpy as np
 
 from maasctl.protocol.errors import InferenceError, InvalidInput, NotReady
 from maasctl.runtime import LoadedModel
-from maasctl.serve import metrics as m
 from maasctl.serve.metrics import Metrics
 
 log = logging.getLogger("maasctl.serve")
@@ -87,11 +86,12 @@ class ModelBatcher:
         self.config = config
         self.batchable = config.max_batch_size > 1 and _batchable(model)
         self._output_order = [o.name for o in model.outputs]
-        labels = (model.name, str(model.version))
+        self.labels = labels = (model.name, str(model.version))
+        self.request_tally = metrics.request_tally(*labels)  # the transports' successful requests (dataplane.infer)
         self._m_count = metrics.count.labels(*labels)
         self._m_exec = metrics.exec_count.labels(*labels)
         self._m_pending = metrics.bind_pending(*labels, lambda: len(self._pending))  # None: read at each scrape
-        self._m_queue = m.observer(metrics.queue_seconds.labels(*labels))  # called per request
+        self._m_queue = metrics.queue_tally(*labels)  # each request's seconds in the queue, appended
         self._m_compute = metrics.compute_seconds.labels(*labels)
         self._pending: deque[_Request] = deque()
         self._arrived: asyncio.Event | None = None
@@ -246,10 +246,12 @@ class ModelBatcher:
 
     async def _execute(self, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
         batch = [r for r in batch if not r.future.done()]
-        now = time.perf_counter()
+        now, queued = time.perf_counter(), self._m_queue
         for request in batch:
             request.started = True
-            self._m_queue(now - request.queued_at)
+            queued.append(now - request.queued_at)
+        if len(queued) >= queued.every:
+            queued.fold()
         self._running = batch
         try:
             await self._run(batch)
