@@ -93,7 +93,7 @@ def json_object(body: bytes, expected: str = "a JSON object") -> dict[str, Any]:
 
 
 def decode_request(body: bytes, header_length: str | None, signature: TensorSignature) -> InferRequest:
-    json_part, binary = _split_body(body, header_length)
+    json_part, binary = (body, b"") if header_length is None else _split_body(body, header_length)
     if json_part is None:
         # Raw binary request (header length 0): the whole body is the single input's tensor.
         return _decode_raw(binary, signature)
@@ -184,7 +184,7 @@ def encode_reply(
     """`encode_response` without the InferResponse (the REST hot path builds none)."""
     entries, chunks = [], []
     for name, array in outputs.items():
-        datatype = datatype_of(array)
+        datatype = _NUMPY_TO_DATATYPE.get(array.dtype) or datatype_of(array)  # numbers found at once; else BYTES
         if name in binary_outputs:
             raw = _to_bytes(array)
             chunks.append(raw)

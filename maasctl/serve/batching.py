@@ -108,9 +108,21 @@ class ModelBatcher:
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> Awaitable[dict[str, np.ndarray]]:
         """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run: `await
-        batcher.infer(...)`. Without a timeout that awaits the request's future itself, no coroutine around it (one
-        frame less to create and resume on every request)."""
-        request = self.submit(inputs, outputs)
+        batcher.infer(...)`. Queues the request (503 when the queue is full). Without a timeout that awaits the
+        request's future itself, no coroutine around it (one frame less to create and resume on every request)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._ensure_worker(loop)
+        pending = self._pending
+        if len(pending) >= self.config.max_queue_size:
+            self.raise_if_full()
+        rows, key = self._rows_and_key(inputs)
+        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
+        pending.append(request)
+        if self._m_pending is not None:
+            self._m_pending.set(len(pending))
+        assert self._arrived is not None
+        self._arrived.set()
         timeout = self.config.request_timeout_s
         if timeout is None:
             return request.future
@@ -125,22 +137,6 @@ class ModelBatcher:
             raise TimedOut(
                 f"model {self.model.name!r}: no result within {timeout:g} s (--request-timeout-s); it was still {where}"
             ) from None
-
-    def submit(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> _Request:
-        """Queue a request (503 when the queue is full); its `future` gets the outputs once its batch has run."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():
-            self._ensure_worker(loop)
-        if len(self._pending) >= self.config.max_queue_size:
-            self.raise_if_full()
-        rows, key = self._rows_and_key(inputs)
-        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
-        self._pending.append(request)
-        if self._m_pending is not None:
-            self._m_pending.set(len(self._pending))
-        assert self._arrived is not None
-        self._arrived.set()
-        return request
 
     def raise_if_full(self) -> None:
         """503 when the queue is full; called before decoding too, so an overloaded server refuses cheaply."""
