@@ -213,10 +213,9 @@ class InferDispatch:
                 try:
                     message = await receive()  # the whole body in one message, usually: read here, no coroutine
                     body = message.get("body", b"")
+                    # One whole message within the limit is the body; anything else goes through body_chunks' rule
                     if message.get("more_body", False) or message["type"] != "http.request" or len(body) > limit:
                         body = await receive_body(receive, declared, limit, first=message)
-                    elif declared and declared.isdecimal() and int(declared) > limit:
-                        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
                     content, headers = await self.dataplane.infer(*target, body, header_length)
                 finally:
                     budget.held -= reserved
@@ -295,14 +294,15 @@ def _infer_target(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-async def receive_body(
-    receive: Receive, declared: str | None, limit: int, keep: bool = True, first: Message | None = None
-) -> bytes:
-    """The request body read straight from the ASGI messages (`keep=False`: read and dropped; `first`: its first
-    message, already received); 413 as soon as it is, or says it will be, over `limit` bytes, as `_limited_stream`."""
+async def body_chunks(
+    receive: Receive, declared: str | None, limit: int, first: Message | None = None
+) -> AsyncIterator[bytes]:
+    """The request body's chunks, straight from the ASGI messages (`first`: its first message, already received), and
+    the body limit's one rule, for every body reader: 413 as soon as the body is, or says it will be, over `limit`
+    bytes."""
     if declared and declared.isdecimal() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size, more = [], 0, True
+    size, more = 0, True
     while more:
         message, first = first or await receive(), None
         if message["type"] == "http.disconnect":
@@ -311,9 +311,15 @@ async def receive_body(
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        if keep:
-            chunks.append(chunk)
         more = message.get("more_body", False)
+        yield chunk
+
+
+async def receive_body(
+    receive: Receive, declared: str | None, limit: int, keep: bool = True, first: Message | None = None
+) -> bytes:
+    """The whole request body within `limit` (see body_chunks); `keep=False`: read and dropped."""
+    chunks = [chunk async for chunk in body_chunks(receive, declared, limit, first) if keep]
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -386,20 +392,12 @@ async def _json_options(request: Request, limit: int) -> dict:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in _limited_stream(request, limit)])
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
-async def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body's chunks; 413 as soon as it is (or says it will be) over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdecimal() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        yield chunk
+def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body's chunks within `limit` (see body_chunks)."""
+    return body_chunks(request.receive, request.headers.get("content-length"), limit)
 
 
 async def _form_parts(request: Request, limit: int) -> list[Part]:
