@@ -270,7 +270,7 @@ class ModelBatcher:
             names = self._output_names(batch)
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"maasctl-{self.model.name}")
-            rows = sum(r.rows for r in batch)
+            rows = sum([r.rows for r in batch])
             results, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._thread, self._timed_run, feeds, names, rows
             )
@@ -291,8 +291,7 @@ class ModelBatcher:
         if len(batch) == 1:
             _settle(batch[0], self._select(results, batch[0].outputs))
             return
-        total = sum(r.rows for r in batch)
-        if any(a.ndim == 0 or a.shape[0] != total for a in results.values()):
+        if any(a.ndim == 0 or a.shape[0] != rows for a in results.values()):
             # The model's first output dimension is not the batch axis after all: stop batching it.
             log.warning(
                 "model %s: outputs are not batched along axis 0; running its requests one by one", self.model.name
@@ -348,8 +347,9 @@ class ModelBatcher:
         return out
 
     def _output_names(self, batch: list[_Request]) -> list[str]:
-        if any(r.outputs is None for r in batch):
-            return list(self._output_order)
+        for request in batch:  # usually the first one asks for all of them (a loop: no generator per batch)
+            if request.outputs is None:
+                return list(self._output_order)
         wanted = {name for r in batch for name in r.outputs or ()}
         return [name for name in self._output_order if name in wanted]
 
