@@ -92,7 +92,8 @@ class ModelBatcher:
         self._m_exec = metrics.exec_count.labels(*labels)
         self._m_pending = metrics.bind_pending(*labels, lambda: len(self._pending))  # None: read at each scrape
         self._m_queue = metrics.queue_tally(*labels)  # each request's seconds in the queue, appended
-        self._m_compute = metrics.compute_seconds.labels(*labels)
+        self._m_compute = metrics.compute_seconds.labels(*labels)  # sliced runs, in the model's thread
+        self._m_executed = metrics.compute_tally(*labels)  # each batch's seconds (and so the executions), on the loop
         self._pending: deque[_Request] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -275,8 +276,10 @@ class ModelBatcher:
                 self._thread, self._timed_run, feeds, names, rows
             )
             if seconds is not None:  # one execution (a sliced one counted itself, slice by slice)
-                self._m_compute.observe(seconds)
-                self._m_exec.inc()
+                executed = self._m_executed
+                executed.append(seconds)
+                if len(executed) >= executed.every:
+                    executed.fold()
                 self._m_count.inc(rows)
                 if self.drift is not None:
                     self._to_observe.append((feeds, results))

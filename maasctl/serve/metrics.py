@@ -107,6 +107,10 @@ class Metrics:
         """Append each request's seconds in the model version's queue; the queue-seconds histogram gets them."""
         return self._tally("queue", name, version, self.queue_seconds, None)
 
+    def compute_tally(self, name: str, version: str) -> Observations:
+        """Append each model execution's seconds; the compute-seconds histogram and the execution counter get them."""
+        return self._tally("compute", name, version, self.compute_seconds, self.exec_count)
+
     def _tally(self, kind: str, name: str, version: str, histogram: Histogram, counter: Counter | None) -> Observations:
         tally = self._tallies.get((kind, name, version))
         if tally is None:
