@@ -139,7 +139,7 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
 
 
 FOLD_ROWS = 256  # rows of observed batches held before they are summarised into the window (and at each report)
-FOLD_BYTES = 1 << 20  # ... or bytes of their monitored input, whichever comes first
+FOLD_BYTES = 64 << 10  # ... or bytes of their monitored input, whichever first (a larger batch: summarised at once)
 
 
 def _owns(x: np.ndarray | None) -> bool:
