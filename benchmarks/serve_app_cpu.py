@@ -34,11 +34,10 @@ def maasctl_app(repo: Path):
     from maasctl.repository import ModelRepository
     from maasctl.serve.dataplane import DataPlane
     from maasctl.serve.rest import create_app
-    from maasctl.serve.server import _AnswerCutRequests
 
     dataplane = DataPlane(ModelRepository(str(repo)))
     dataplane.load_all()
-    return _AnswerCutRequests(create_app(dataplane), 5)  # as `maasctl serve` runs it
+    return create_app(dataplane, drain_seconds=5)  # as `maasctl serve` makes it
 
 
 def probe_app(onnx: Path, flags: list[str]):

@@ -138,6 +138,19 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return ((a - e) * np.log(a / e)).sum(axis=-1)
 
 
+FOLD_ROWS = 256  # rows of observed batches held before they are summarised into the window (and at each report)
+FOLD_BYTES = 64 << 10  # ... or bytes of their monitored input, whichever first (a larger batch: summarised at once)
+
+
+def _owns(x: np.ndarray | None) -> bool:
+    """Whether holding `x` holds no more memory than its own: it owns its data, or is a reshaped view of an array of
+    the same size that does (a decoded JSON tensor)."""
+    if x is None or x.flags.owndata:
+        return True
+    base = x.base
+    return isinstance(base, np.ndarray) and base.flags.owndata and base.nbytes == x.nbytes
+
+
 class DriftMonitor:
     """The rolling window of one served model version: `observe` each executed batch (any thread), `report` at
     will (any thread)."""
@@ -157,6 +170,8 @@ class DriftMonitor:
         self._next, self._seen = 0, 0
         self._lock = threading.Lock()
         self._failed = False
+        self._held: list[tuple[np.ndarray | None, np.ndarray | None]] = []  # batches not yet in the window
+        self._held_rows = self._held_bytes = 0
 
     @classmethod
     def for_model(cls, name: str, version: int, manifest: dict[str, Any]) -> DriftMonitor | None:
@@ -173,30 +188,61 @@ class DriftMonitor:
 
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         """Add a batch. Never fails the request it comes with: a batch it cannot read turns monitoring off for
-        this version, with one log line."""
+        this version, with one log line.
+
+        The batch is held (a reference, no copy) and summarised with the batches after it, `FOLD_ROWS` rows or
+        `FOLD_BYTES` bytes of inputs at a time, and before each `report`: per batch of a few digits rows the summary
+        (monitored values, predicted classes, the ring's update) cost more than the rest of the batch's Python. A
+        batch whose input is a view into something larger (a binary request's body) is summarised at once, so no
+        body outlives its request."""
         if self._failed:
             return
+        x, logits = inputs.get(self.input), outputs.get(self.output)
+        with self._lock:
+            self._held.append((x, logits))
+            self._held_rows += len(x) if x is not None and x.ndim else 1
+            self._held_bytes += x.nbytes if x is not None else 0
+            if self._held_rows >= FOLD_ROWS or self._held_bytes >= FOLD_BYTES or not _owns(x):
+                self._fold()
+
+    def _fold(self) -> None:
+        """The held batches into the window (with the lock held)."""
+        held, self._held, self._held_rows, self._held_bytes = self._held, [], 0, 0
+        if not held or self._failed:
+            return
         try:
-            values = monitored_values(self.kind, inputs[self.input])
-            logits = outputs.get(self.output)
-            classes = logits.argmax(axis=1) if logits is not None else np.full(len(values), -1)
+            xs = [x for x, _ in held]
+            if any(x is None for x in xs):
+                raise KeyError(f"no input {self.input!r}")
+            if len(xs) > 1 and all(x.shape[1:] == xs[0].shape[1:] for x in xs):  # one summary for all of them
+                values = monitored_values(self.kind, np.concatenate(xs))
+            else:
+                values = np.concatenate([monitored_values(self.kind, x) for x in xs])
+            ys = [y for _, y in held]
+            if all(y is not None for y in ys) and all(y.shape[1:] == ys[0].shape[1:] for y in ys):
+                classes = (ys[0] if len(ys) == 1 else np.concatenate(ys)).argmax(axis=1)
+            else:
+                classes = np.concatenate([np.full(len(x), -1) if y is None else y.argmax(axis=1) for x, y in held])
+            if len(classes) != len(values):
+                raise ValueError(f"{len(values)} inputs but {len(classes)} predictions")
             self._append(values[-self.window :], classes[-self.window :])
         except Exception as exc:  # shapes no one expected: stop watching rather than fail inference
             self._failed = True
             log.warning("model %s version %d: drift monitoring stopped: %s", self.name, self.version, exc)
 
     def _append(self, values: np.ndarray, classes: np.ndarray) -> None:
+        """Into the ring (with the lock held)."""
         n = len(values)
-        with self._lock:
-            rows = (self._next + np.arange(n)) % self.window
-            self._values[rows] = values
-            self._classes[rows] = classes
-            self._next = (self._next + n) % self.window
-            self._seen += n
+        rows = (self._next + np.arange(n)) % self.window
+        self._values[rows] = values
+        self._classes[rows] = classes
+        self._next = (self._next + n) % self.window
+        self._seen += n
 
     def report(self) -> dict[str, Any]:
         """The window's drift: sample count, each monitored value's PSI and mean shift, the predictions' PSI."""
         with self._lock:
+            self._fold()
             n = min(self._seen, self.window)
             values, classes = self._values[:n].copy(), self._classes[:n].copy()
         report: dict[str, Any] = {"model": self.name, "version": self.version, "samples": n, "window": self.window}

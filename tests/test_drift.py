@@ -149,6 +149,28 @@ def test_the_window_keeps_the_latest_samples_only():
     assert report["values"][0]["psi"] < drift.PSI_THRESHOLD
 
 
+def test_batches_held_and_summarised_together_report_as_one_batch_would():
+    x = rng.normal(size=(900, 2)).astype(np.float32)
+    classes = rng.integers(0, 3, 900)
+    logits = np.eye(3, dtype=np.float32)[classes]
+    at_once = monitor("features", rng.normal(size=(1000, 2)).astype(np.float32))
+    in_batches = DriftMonitor("m", 1, at_once.stats)
+    at_once.observe({"input": x}, {"logits": logits})
+    for start in range(0, 900, 7):  # batches of 7 rows: held, summarised every FOLD_ROWS rows and at the report
+        in_batches.observe({"input": x[start : start + 7].copy()}, {"logits": logits[start : start + 7].copy()})
+    assert in_batches.report() == at_once.report()
+    assert in_batches.report()["samples"] == 900
+
+
+def test_a_batch_that_views_a_request_body_is_summarised_at_once():
+    mon = monitor("features", rng.normal(size=(1000, 2)).astype(np.float32))
+    body = b"header" + np.ones((4, 2), np.float32).tobytes()
+    x = np.frombuffer(body, dtype=np.float32, offset=6).reshape(4, 2)  # as a binary tensor is decoded, in place
+    mon.observe({"input": x}, {"logits": np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]})
+    assert not mon._held  # nothing keeps the body alive after its request
+    assert mon.report()["samples"] == 4
+
+
 def test_an_unreadable_batch_stops_monitoring_and_never_raises(caplog):
     mon = monitor("features", rng.normal(size=(1000, 2)).astype(np.float32))
     mon.observe({"other": np.zeros((1, 2), np.float32)}, {})  # no input named `input`

@@ -29,7 +29,6 @@ import numpy as np
 
 from maasctl.protocol.errors import InferenceError, InvalidInput, NotReady
 from maasctl.runtime import LoadedModel
-from maasctl.serve import metrics as m
 from maasctl.serve.metrics import Metrics
 
 log = logging.getLogger("maasctl.serve")
@@ -87,12 +86,14 @@ class ModelBatcher:
         self.config = config
         self.batchable = config.max_batch_size > 1 and _batchable(model)
         self._output_order = [o.name for o in model.outputs]
-        labels = (model.name, str(model.version))
+        self.labels = labels = (model.name, str(model.version))
+        self.request_tally = metrics.request_tally(*labels)  # the transports' successful requests (dataplane.infer)
         self._m_count = metrics.count.labels(*labels)
         self._m_exec = metrics.exec_count.labels(*labels)
         self._m_pending = metrics.bind_pending(*labels, lambda: len(self._pending))  # None: read at each scrape
-        self._m_queue = m.observer(metrics.queue_seconds.labels(*labels))  # called per request
-        self._m_compute = metrics.compute_seconds.labels(*labels)
+        self._m_queue = metrics.queue_tally(*labels)  # each request's seconds in the queue, appended
+        self._m_compute = metrics.compute_seconds.labels(*labels)  # sliced runs, in the model's thread
+        self._m_executed = metrics.compute_tally(*labels)  # each batch's seconds (and so the executions), on the loop
         self._pending: deque[_Request] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -108,9 +109,21 @@ class ModelBatcher:
         self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> Awaitable[dict[str, np.ndarray]]:
         """The model's outputs for these inputs (in `outputs` order, or the model's), once its batch has run: `await
-        batcher.infer(...)`. Without a timeout that awaits the request's future itself, no coroutine around it (one
-        frame less to create and resume on every request)."""
-        request = self.submit(inputs, outputs)
+        batcher.infer(...)`. Queues the request (503 when the queue is full). Without a timeout that awaits the
+        request's future itself, no coroutine around it (one frame less to create and resume on every request)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._ensure_worker(loop)
+        pending = self._pending
+        if len(pending) >= self.config.max_queue_size:
+            self.raise_if_full()
+        rows, key = self._rows_and_key(inputs)
+        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
+        pending.append(request)
+        if self._m_pending is not None:
+            self._m_pending.set(len(pending))
+        assert self._arrived is not None
+        self._arrived.set()
         timeout = self.config.request_timeout_s
         if timeout is None:
             return request.future
@@ -125,22 +138,6 @@ class ModelBatcher:
             raise TimedOut(
                 f"model {self.model.name!r}: no result within {timeout:g} s (--request-timeout-s); it was still {where}"
             ) from None
-
-    def submit(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> _Request:
-        """Queue a request (503 when the queue is full); its `future` gets the outputs once its batch has run."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():
-            self._ensure_worker(loop)
-        if len(self._pending) >= self.config.max_queue_size:
-            self.raise_if_full()
-        rows, key = self._rows_and_key(inputs)
-        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
-        self._pending.append(request)
-        if self._m_pending is not None:
-            self._m_pending.set(len(self._pending))
-        assert self._arrived is not None
-        self._arrived.set()
-        return request
 
     def raise_if_full(self) -> None:
         """503 when the queue is full; called before decoding too, so an overloaded server refuses cheaply."""
@@ -246,10 +243,12 @@ class ModelBatcher:
 
     async def _execute(self, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
         batch = [r for r in batch if not r.future.done()]
-        now = time.perf_counter()
+        now, queued = time.perf_counter(), self._m_queue
         for request in batch:
             request.started = True
-            self._m_queue(now - request.queued_at)
+            queued.append(now - request.queued_at)
+        if len(queued) >= queued.every:
+            queued.fold()
         self._running = batch
         try:
             await self._run(batch)
@@ -272,13 +271,15 @@ class ModelBatcher:
             names = self._output_names(batch)
             if self._thread is None:
                 self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"maasctl-{self.model.name}")
-            rows = sum(r.rows for r in batch)
+            rows = sum([r.rows for r in batch])
             results, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._thread, self._timed_run, feeds, names, rows
             )
             if seconds is not None:  # one execution (a sliced one counted itself, slice by slice)
-                self._m_compute.observe(seconds)
-                self._m_exec.inc()
+                executed = self._m_executed
+                executed.append(seconds)
+                if len(executed) >= executed.every:
+                    executed.fold()
                 self._m_count.inc(rows)
                 if self.drift is not None:
                     self._to_observe.append((feeds, results))
@@ -293,8 +294,7 @@ class ModelBatcher:
         if len(batch) == 1:
             _settle(batch[0], self._select(results, batch[0].outputs))
             return
-        total = sum(r.rows for r in batch)
-        if any(a.ndim == 0 or a.shape[0] != total for a in results.values()):
+        if any(a.ndim == 0 or a.shape[0] != rows for a in results.values()):
             # The model's first output dimension is not the batch axis after all: stop batching it.
             log.warning(
                 "model %s: outputs are not batched along axis 0; running its requests one by one", self.model.name
@@ -350,8 +350,9 @@ class ModelBatcher:
         return out
 
     def _output_names(self, batch: list[_Request]) -> list[str]:
-        if any(r.outputs is None for r in batch):
-            return list(self._output_order)
+        for request in batch:  # usually the first one asks for all of them (a loop: no generator per batch)
+            if request.outputs is None:
+                return list(self._output_order)
         wanted = {name for r in batch for name in r.outputs or ()}
         return [name for name in self._output_order if name in wanted]
 

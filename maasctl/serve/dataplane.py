@@ -15,7 +15,7 @@ from maasctl.inputs.decode import in_input_order, load_all, stack_batches
 from maasctl.inputs.outputs import is_regression, label_batch, model_labels, scores_output, value_batch
 from maasctl.inputs.types import ModelInput, Sample, Source
 from maasctl.protocol.errors import InvalidInput
-from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_response
+from maasctl.protocol.v2 import InferRequest, InferResponse, TensorSignature, decode_request, encode_reply
 from maasctl.repository import ModelRepository
 from maasctl.runtime import LoadedModel
 from maasctl.serve import metrics as m
@@ -84,23 +84,22 @@ class DataPlane:
         self, name: str, version: str | None, body: bytes, header_length: str | None
     ) -> tuple[bytes, dict[str, str]]:
         served = self.served.get(name, version)
-        model = served.model
-        labels = model.name, str(model.version)
+        batcher = served.batcher
         # `counted` and `_run` written out (no context manager, no lambda, no coroutine between this one and the
         # batcher's future): this is the REST hot path.
         start = time.perf_counter()
         try:  # encoding included: a response that cannot be sent is a failure
-            batcher = served.batcher
             batcher.raise_if_full()
             request = decode_request(body, header_length, served.signature)
             outputs = await batcher.infer(request.inputs, request.outputs)
-            reply = encode_response(InferResponse(*labels, outputs, request.id, request.binary_outputs))
+            reply = encode_reply(*batcher.labels, outputs, request.id, request.binary_outputs)
         except BaseException as exc:
-            _count_failure(self.metrics, labels, exc)
+            _count_failure(self.metrics, batcher.labels, exc)
             raise
-        success, seconds = self.metrics.request_series(*labels)
-        success(1)
-        seconds(time.perf_counter() - start)
+        tally = batcher.request_tally  # the success counter and the request-seconds histogram (metrics.Observations)
+        tally.append(time.perf_counter() - start)
+        if len(tally) >= tally.every:
+            tally.fold()
         return reply
 
     async def predict(self, name: str, version: str | None, read: ReadUpload) -> dict[str, Any]:
@@ -204,8 +203,8 @@ def _batches(sources: list[Source], spec: ModelInput) -> tuple[list[Sample], lis
 
 
 class _Counted:
-    """`DataPlane.counted`: a plain class, not a generator context manager, with the success series bound once per
-    model version (`Metrics.request_series`): it runs on every request."""
+    """`DataPlane.counted`: a plain class, not a generator context manager, counting into the model version's request
+    tally (`Metrics.request_tally`): it runs on every request."""
 
     __slots__ = ("labels", "metrics", "start")
 
@@ -217,9 +216,10 @@ class _Counted:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if kind is None:
-            success, seconds = self.metrics.request_series(*self.labels)
-            success(1)
-            seconds(time.perf_counter() - self.start)
+            tally = self.metrics.request_tally(*self.labels)
+            tally.append(time.perf_counter() - self.start)
+            if len(tally) >= tally.every:
+                tally.fold()
         elif exc is not None:
             _count_failure(self.metrics, self.labels, exc)
 

@@ -46,11 +46,30 @@ class BodyBudget:
         """Reserve `size` bytes for one request's lifetime (`with budget.hold(size): ...`); DecodingFull when they do
         not fit beside what is held."""
         if self.held and self.held + size > self.max_bytes:
-            raise DecodingFull(
-                f"the server is decoding {self.held} bytes of request bodies (--max-decoding-mb allows "
-                f"{self.max_bytes}); this one of {size} bytes must wait: retry later"
-            )
+            self._refuse(size)
         return _Hold(self, size)
+
+    def reserve(self, content_length: str | None, header_length: str | None, max_body_bytes: int) -> tuple[int, int]:
+        """`infer_limit`, `declared_size` and `hold` in one call, for the REST infer path: the body limit and the bytes
+        now held, which the caller gives back (`budget.held -= reserved`) when the request ends, however it ends."""
+        if header_length is None and content_length and content_length.isdecimal():  # the common JSON request
+            declared, limit = int(content_length), min(max_body_bytes, self.max_json_bytes)
+            if declared > self.max_json_bytes:
+                limit = self.infer_limit(content_length, header_length, max_body_bytes)  # 413, or the body limit
+        else:
+            limit = self.infer_limit(content_length, header_length, max_body_bytes)
+            declared = limit if not (content_length and content_length.isdecimal()) else int(content_length)
+        size = min(declared, limit)  # declared_size
+        if self.held and self.held + size > self.max_bytes:
+            self._refuse(size)
+        self.held += size
+        return limit, size
+
+    def _refuse(self, size: int) -> None:
+        raise DecodingFull(
+            f"the server is decoding {self.held} bytes of request bodies (--max-decoding-mb allows "
+            f"{self.max_bytes}); this one of {size} bytes must wait: retry later"
+        )
 
     def infer_limit(self, content_length: str | None, header_length: str | None, max_body_bytes: int) -> int:
         """The body limit for an infer request, checked against what it declares: the JSON limit for an all-JSON

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -94,20 +94,35 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._request_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._tallies: dict[tuple[str, str, str], Observations] = {}
+        # With --workers the values live in the worker's file, read by whichever worker is scraped: none may wait.
+        self._fold_every = 1 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else FOLD_EVERY
 
-    def request_series(self, name: str, version: str) -> tuple[Any, Any]:
-        """The success counter's `inc` and request-seconds histogram's `observe` of one model version, bound once
-        (see `incrementer` and `observer`): `labels()` takes a lock and hashes the labels on every call, and these two
-        are updated on every request. Counters are never removed, so a bound series stays valid after an unload."""
-        series = self._request_series.get((name, version))
-        if series is None:
-            series = (
-                incrementer(self.success.labels(name, version)),
-                observer(self.request_seconds.labels(name, version)),
-            )
-            self._request_series[(name, version)] = series
-        return series
+    def request_tally(self, name: str, version: str) -> Observations:
+        """The infer path's successful requests to one model version: append each one's seconds; the success counter
+        and the request-seconds histogram get them (see `Observations`)."""
+        return self._tally("request", name, version, self.request_seconds, self.success)
+
+    def queue_tally(self, name: str, version: str) -> Observations:
+        """Append each request's seconds in the model version's queue; the queue-seconds histogram gets them."""
+        return self._tally("queue", name, version, self.queue_seconds, None)
+
+    def compute_tally(self, name: str, version: str) -> Observations:
+        """Append each model execution's seconds; the compute-seconds histogram and the execution counter get them."""
+        return self._tally("compute", name, version, self.compute_seconds, self.exec_count)
+
+    def _tally(self, kind: str, name: str, version: str, histogram: Histogram, counter: Counter | None) -> Observations:
+        tally = self._tallies.get((kind, name, version))
+        if tally is None:
+            bound = counter.labels(name, version) if counter is not None else None
+            tally = Observations(histogram.labels(name, version), bound, self._fold_every)
+            self._tallies[(kind, name, version)] = tally  # never removed: counters stay after an unload
+        return tally
+
+    def fold(self) -> None:
+        """Every tally's observations into its series (before a scrape)."""
+        for tally in list(self._tallies.values()):
+            tally.fold()
 
     def bind_pending(self, name: str, version: str, length: Callable[[], int]) -> Any:
         """Export `length()` as the version's pending-request gauge. In one process the gauge reads it at each scrape,
@@ -151,6 +166,7 @@ class Metrics:
         self.registry.register(_Drift(source))
 
     def render(self) -> bytes:
+        self.fold()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # --workers: every worker's samples, summed
             from prometheus_client import multiprocess
 
@@ -160,31 +176,43 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def incrementer(counter: Any) -> Callable[[float], None]:
-    """`counter.inc` for a bound series on the hot path: its value's own `inc`, without the checks `Counter.inc` makes
-    on every call (a bound series is observable; the amounts here are never negative; no exemplars). Plain `inc`
-    should prometheus-client's internals differ."""
-    value = getattr(counter, "_value", None)
-    return value.inc if callable(getattr(value, "inc", None)) else counter.inc
+FOLD_EVERY = 256  # observations a tally keeps before it folds them (and before every scrape)
 
 
-def observer(histogram: Any) -> Callable[[float], None]:
-    """`histogram.observe` for a bound series on the hot path (two histograms per request): the bucket found by
-    bisection instead of a walk through the bounds, without the per-call checks `observe` makes (a bound series is
-    observable; maasctl sets no exemplars). Same buckets, same sum. Plain `observe` should prometheus-client's
-    internals differ."""
-    try:
-        total, buckets, bounds = histogram._sum, histogram._buckets, list(histogram._upper_bounds)
-    except AttributeError:
-        return histogram.observe
-    if len(buckets) != len(bounds) or bounds[-1] != float("inf"):
-        return histogram.observe
+class Observations(list):
+    """Observations of one histogram series (and a count of them for a counter series), kept as a plain list of
+    floats and folded into the prometheus-client series every `every` observations and before each scrape (`Metrics.
+    render`). On the infer path a request made three locked updates of prometheus-client's values (the success
+    counter, the request-seconds histogram's bucket and sum, the queue-seconds histogram's) and a bucket search; now
+    it appends to a list (list's own `append`: this class adds no per-observation Python). The fold finds the buckets
+    for all of them at once and updates each touched bucket, the sum and the counter once, so a scrape reads the same
+    counts, buckets and (up to float rounding) sum as `observe` per request would leave. Event-loop only, like the
+    requests that append. With --workers (multiprocess mode) `every` is 1: another worker may be the one scraped."""
 
-    def observe(amount: float) -> None:
-        total.inc(amount)
-        buckets[bisect_left(bounds, amount)].inc(1)  # the first bound >= amount, as Histogram.observe picks it
+    __slots__ = ("bounds", "counter", "every", "histogram")
 
-    return observe
+    def __init__(self, histogram: Any, counter: Any | None = None, every: int = FOLD_EVERY) -> None:
+        super().__init__()
+        self.histogram, self.counter, self.every = histogram, counter, every
+        self.bounds = np.array(histogram._upper_bounds if hasattr(histogram, "_upper_bounds") else [np.inf])
+
+    def fold(self) -> None:
+        n = len(self)
+        if not n:
+            return
+        values = self[:n]
+        del self[:n]  # what is appended meanwhile (another thread) stays for the next fold
+        if self.counter is not None:
+            self.counter.inc(n)
+        buckets = getattr(self.histogram, "_buckets", None)
+        if buckets is None or len(buckets) != len(self.bounds):  # prometheus-client's internals differ: plain observe
+            for value in values:
+                self.histogram.observe(value)
+            return
+        found = np.bincount(np.searchsorted(self.bounds, values), minlength=len(self.bounds))  # as bisect_left
+        for index in np.flatnonzero(found).tolist():
+            buckets[index].inc(int(found[index]))
+        self.histogram._sum.inc(sum(values))
 
 
 class _Readiness(Collector):

@@ -25,7 +25,7 @@ from maasctl.serve.access_log import AccessLog
 from maasctl.serve.auth import BearerAuth
 from maasctl.serve.batching import Overloaded
 from maasctl.serve.dataplane import DataPlane, Upload
-from maasctl.serve.memory import DecodingFull, JsonTooLarge, declared_size
+from maasctl.serve.memory import DecodingFull, JsonTooLarge
 from maasctl.serve.metrics import CONTENT_TYPE
 
 log = logging.getLogger("maasctl.serve")
@@ -138,10 +138,12 @@ def create_app(
     token: str | None = None,
     access_log: bool = False,
     poll_seconds: float = 0,
+    drain_seconds: float | None = None,
 ) -> ASGIApp:
     """The ASGI app. `token`: require `Authorization: Bearer <token>` on all but the health probes (see auth.py).
     `access_log`: one JSON line per request on the `maasctl.access` logger. `poll_seconds`: look for new, changed
-    and removed model versions in the repository this often (0: only at start and on explicit load)."""
+    and removed model versions in the repository this often (0: only at start and on explicit load).
+    `drain_seconds`: the server's --drain-seconds; requests it cancels are answered 503 (see AnswerCutRequests)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -162,7 +164,8 @@ def create_app(
             Exception: _on_unexpected,
         },
     )
-    app: ASGIApp = InferDispatch(starlette, dataplane, max_body_bytes)
+    inner: ASGIApp = starlette if drain_seconds is None else AnswerCutRequests(starlette, drain_seconds)
+    app: ASGIApp = InferDispatch(inner, dataplane, max_body_bytes, drain_seconds)
     # Plain ASGI wrappers, outside both the infer path and Starlette, so they cover every request alike.
     if token is not None:
         app = BearerAuth(app, token=token)
@@ -178,8 +181,11 @@ class InferDispatch:
     batching and onnxruntime together (README, "where the time goes"). The behaviour is the routes': the same body
     limits and budget, the same errors as {"error": ...} with the same statuses and headers."""
 
-    def __init__(self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, dataplane: DataPlane, max_body_bytes: int, drain_seconds: float | None = None
+    ) -> None:
         self.app, self.dataplane, self.max_body_bytes = app, dataplane, max_body_bytes
+        self.drain_seconds = drain_seconds  # see AnswerCutRequests; None: a cancelled request stays cancelled
         self._targets: dict[str, tuple[str, str | None]] = {}  # infer path -> (name, version): parsed once
 
     # An infer request is answered in this one coroutine, body read and reply sent included: each further coroutine
@@ -203,15 +209,16 @@ class InferDispatch:
         budget = self.dataplane.body_budget
         try:
             try:
-                limit = budget.infer_limit(declared, header_length, self.max_body_bytes)
-                with budget.hold(declared_size(declared, limit)):  # see memory.py
+                limit, reserved = budget.reserve(declared, header_length, self.max_body_bytes)  # see memory.py
+                try:
                     message = await receive()  # the whole body in one message, usually: read here, no coroutine
                     body = message.get("body", b"")
+                    # One whole message within the limit is the body; anything else goes through body_chunks' rule
                     if message.get("more_body", False) or message["type"] != "http.request" or len(body) > limit:
                         body = await receive_body(receive, declared, limit, first=message)
-                    elif declared and declared.isdecimal() and int(declared) > limit:
-                        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
                     content, headers = await self.dataplane.infer(*target, body, header_length)
+                finally:
+                    budget.held -= reserved
             except (DecodingFull, JsonTooLarge):
                 await receive_body(receive, declared, self.max_body_bytes, keep=False)  # as Endpoints.infer
                 raise
@@ -221,6 +228,11 @@ class InferDispatch:
             return
         except ClientDisconnect:
             return  # nobody to answer
+        except asyncio.CancelledError as cancelled:  # here, not in a wrapper: one coroutine less per request
+            if self.drain_seconds is None:
+                raise
+            await answer_cut(send, self.drain_seconds, cancelled)
+            return
         except Exception as exc:
             log.exception("internal error on POST %s", path)
             content = orjson.dumps({"error": f"internal error: {exc.__class__.__name__}"})
@@ -231,6 +243,39 @@ class InferDispatch:
             raw = [raw[0], (b"content-type", b"application/octet-stream"), *_raw_headers(headers)]
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": content})
+
+
+class AnswerCutRequests:
+    """When --drain-seconds runs out, uvicorn cancels the requests still running; uncaught, the cancellation reached
+    the client as a plain-text 500 and the log as a traceback, for an orderly shutdown. It is answered here as any
+    other error: 503 with {"error": ...} (the client may retry on another replica). Wraps the Starlette app;
+    InferDispatch answers infer requests the same way itself (a wrapper is one more coroutine per request). No
+    wrapper around `send` to tell whether the response had started (one more call per message): uvicorn refuses a
+    second start, and that refusal says it."""
+
+    def __init__(self, app: ASGIApp, drain_seconds: float) -> None:
+        self.app, self.drain_seconds = app, drain_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError as cancelled:
+            if scope["type"] != "http":
+                raise
+            await answer_cut(send, self.drain_seconds, cancelled)
+
+
+async def answer_cut(send: Send, drain_seconds: float, cancelled: asyncio.CancelledError) -> None:
+    """503 for a request the drain cut short, or `cancelled` raised again when its response had already started."""
+    body = orjson.dumps(
+        {"error": f"the server shut down before this request finished (--drain-seconds {drain_seconds:g})"}
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    try:
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+    except RuntimeError:  # too late to answer: the response was under way (uvicorn refuses a second start)
+        raise cancelled from None
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _answered_by_dispatch(request: Request) -> Response:
@@ -249,14 +294,15 @@ def _infer_target(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-async def receive_body(
-    receive: Receive, declared: str | None, limit: int, keep: bool = True, first: Message | None = None
-) -> bytes:
-    """The request body read straight from the ASGI messages (`keep=False`: read and dropped; `first`: its first
-    message, already received); 413 as soon as it is, or says it will be, over `limit` bytes, as `_limited_stream`."""
+async def body_chunks(
+    receive: Receive, declared: str | None, limit: int, first: Message | None = None
+) -> AsyncIterator[bytes]:
+    """The request body's chunks, straight from the ASGI messages (`first`: its first message, already received), and
+    the body limit's one rule, for every body reader: 413 as soon as the body is, or says it will be, over `limit`
+    bytes."""
     if declared and declared.isdecimal() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size, more = [], 0, True
+    size, more = 0, True
     while more:
         message, first = first or await receive(), None
         if message["type"] == "http.disconnect":
@@ -265,9 +311,15 @@ async def receive_body(
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        if keep:
-            chunks.append(chunk)
         more = message.get("more_body", False)
+        yield chunk
+
+
+async def receive_body(
+    receive: Receive, declared: str | None, limit: int, keep: bool = True, first: Message | None = None
+) -> bytes:
+    """The whole request body within `limit` (see body_chunks); `keep=False`: read and dropped."""
+    chunks = [chunk async for chunk in body_chunks(receive, declared, limit, first) if keep]
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -340,20 +392,12 @@ async def _json_options(request: Request, limit: int) -> dict:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in _limited_stream(request, limit)])
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
-async def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body's chunks; 413 as soon as it is (or says it will be) over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdecimal() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        yield chunk
+def _limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body's chunks within `limit` (see body_chunks)."""
+    return body_chunks(request.receive, request.headers.get("content-length"), limit)
 
 
 async def _form_parts(request: Request, limit: int) -> list[Part]:

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import orjson
 import uvicorn
 
 from maasctl.errors import Unavailable, UsageError
@@ -102,9 +101,13 @@ def serve(
     if exit_on_error:
         _exit_on_failed_loads(dataplane)
     config = uvicorn.Config(
-        _AnswerCutRequests(
-            create_app(dataplane, max_body_bytes, token=token, access_log=access_log, poll_seconds=poll_seconds),
-            drain_seconds,
+        create_app(
+            dataplane,
+            max_body_bytes,
+            token=token,
+            access_log=access_log,
+            poll_seconds=poll_seconds,
+            drain_seconds=drain_seconds,
         ),
         host=host,
         port=port,
@@ -147,33 +150,6 @@ def _exit_on_failed_loads(dataplane: DataPlane) -> None:
             f"{len(failed)} model version(s) failed to load at start-up: {reasons}. Fix or remove them, or pass "
             "--no-exit-on-error to serve the models that did load"
         )
-
-
-class _AnswerCutRequests:
-    """When --drain-seconds runs out, uvicorn cancels the requests still running; uncaught, the cancellation reached
-    the client as a plain-text 500 and the log as a traceback, for an orderly shutdown. It is answered here as any
-    other error: 503 with {"error": ...} (the client may retry on another replica). No wrapper around `send` to
-    tell whether the response had started (one more call per message on the hot path): uvicorn refuses a second
-    start, and that refusal says it."""
-
-    def __init__(self, app: Any, drain_seconds: float) -> None:
-        self.app, self.drain_seconds = app, drain_seconds
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except asyncio.CancelledError as cancelled:
-            if scope["type"] != "http":
-                raise
-            body = orjson.dumps(
-                {"error": f"the server shut down before this request finished (--drain-seconds {self.drain_seconds:g})"}
-            )
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            try:
-                await send({"type": "http.response.start", "status": 503, "headers": headers})
-            except RuntimeError:  # too late to answer: the response was under way (uvicorn refuses a second start)
-                raise cancelled from None
-            await send({"type": "http.response.body", "body": body})
 
 
 def _json_lines_to_stdout(logger: logging.Logger) -> None:

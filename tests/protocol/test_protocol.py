@@ -6,6 +6,7 @@ from arrays, and every check is on what a client would send or read back.
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -454,3 +455,36 @@ def test_an_empty_shape_takes_no_values(data):
     body = b'{"inputs": [{"name": "input", "shape": [0, 4], "datatype": "FP32", "data": %s}]}' % data.encode()
     with pytest.raises(InvalidInput, match=r"values for shape \[0, 4\] \(0 expected\)"):
         decode_request(body, None, signature)
+
+
+# --- the common request (one floating-point input, a flat list of numbers): decode_request's fast path -------------
+
+ONE = signature(("x", "FP32", (-1, 2)))
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+def test_the_common_request_decodes_to_the_values_sent(datatype: str) -> None:
+    data = [1, -2.5, 3e-3, 65504.0]  # ints and floats; 65504 is FP16's largest value
+    doc = {"id": "r1", "inputs": [{"name": "x", "shape": [2, 2], "datatype": datatype, "data": data}]}
+    request = decode_request(*json_request(doc), signature(("x", datatype, (-1, 2))))
+    x = request.inputs["x"]
+    assert x.dtype == DATATYPES[datatype] and x.shape == (2, 2)
+    np.testing.assert_array_equal(x, np.array(data, dtype=DATATYPES[datatype]).reshape(2, 2))
+    assert (request.id, request.outputs, request.binary_outputs, request.parameters) == ("r1", None, set(), {})
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ([1.0, True, 3.0, 4.0], r"input 'x': data must be numbers for datatype FP32"),
+        ([1.0, "2", 3.0, 4.0], r"input 'x': data must be numbers for datatype FP32"),
+        ([1.0, None, 3.0, 4.0], r"input 'x': data must be numbers for datatype FP32"),
+        ([1.0, 1e39, 3.0, 4.0], r"input 'x': values out of range for FP32"),
+        ([1.0, 10**39, 3.0, 4.0], r"input 'x': values out of range for FP32"),  # an integer past 64 bits
+        ([1.0, 2.0, 3.0], r"input 'x': 3 values for shape \[2, 2\]"),
+    ],
+)
+def test_a_flat_list_the_common_path_cannot_take_gets_the_general_paths_error(data: list, match: str) -> None:
+    doc = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": data}]}
+    with pytest.raises(InvalidInput, match=match):
+        decode_request(json.dumps(doc).encode(), None, ONE)  # json: orjson writes no integer past 64 bits

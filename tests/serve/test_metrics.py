@@ -61,33 +61,33 @@ def test_each_app_counts_on_its_own(model_repo):
     assert b'nv_inference_request_success_total{model="digits",version="1"} 0.0' in b.metrics.render()
 
 
-def test_the_hot_path_observer_fills_the_same_buckets_and_sum_as_observe():
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+def test_a_tally_folds_into_the_same_buckets_count_and_sum_as_observe():
+    from prometheus_client import CollectorRegistry, Counter, Histogram
 
-    from maasctl.serve.metrics import LATENCY_BUCKETS, observer
+    from maasctl.serve.metrics import LATENCY_BUCKETS, Observations
 
     values = [0.0, *LATENCY_BUCKETS, *(b * 1.0001 for b in LATENCY_BUCKETS), 0.00003, 3.0, 99.0]  # bounds: le
-    texts = []
-    for observe_with in (lambda h: h.observe, observer):
+    samples = []
+    for tallied in (False, True):
         registry = CollectorRegistry()
         series = Histogram("t_seconds", "t", ["model"], buckets=LATENCY_BUCKETS, registry=registry).labels("m")
-        observe = observe_with(series)
-        for value in values:
-            observe(value)
-        texts.append(b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line))
-    assert texts[0] == texts[1]  # every bucket, the count and the sum (not the creation time)
-    assert b't_seconds_bucket{le="0.0001",model="m"} 3.0' in texts[1]  # 0, 0.00003 and 0.0001 itself
-
-
-def test_the_hot_path_incrementer_counts_as_inc():
-    from prometheus_client import CollectorRegistry, Counter
-
-    from maasctl.serve.metrics import incrementer
-
-    registry = CollectorRegistry()
-    series = Counter("t", "t", ["model"], registry=registry).labels("m")
-    series.inc(2)
-    inc = incrementer(series)
-    inc(1)
-    inc(3)
-    assert registry.get_sample_value("t_total", {"model": "m"}) == 6
+        counter = Counter("n", "n", ["model"], registry=registry).labels("m")
+        if tallied:
+            tally = Observations(series, counter, every=7)
+            for value in values:
+                tally.append(value)
+                if len(tally) >= tally.every:
+                    tally.fold()
+            assert len(tally) == len(values) % 7  # not yet folded: a scrape folds them (Metrics.render)
+            tally.fold()
+        else:
+            for value in values:
+                series.observe(value)
+                counter.inc()
+        samples.append({(s.name, s.labels.get("le")): s.value for m in registry.collect() for s in m.samples})
+    plain, folded = samples
+    assert folded[("n_total", None)] == len(values)
+    assert folded.pop(("t_seconds_sum", None)) == pytest.approx(plain.pop(("t_seconds_sum", None)), rel=1e-12)
+    drop = {"t_seconds_created", "n_created"}
+    assert {k: v for k, v in folded.items() if k[0] not in drop} == {k: v for k, v in plain.items() if k[0] not in drop}
+    assert folded[("t_seconds_bucket", "0.0001")] == 3  # 0, 0.00003 and 0.0001 itself
