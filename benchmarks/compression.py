@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/reuse.py and benchmarks/pruning.py
 RECIPE = ROOT / "recipes" / "digits_folder_resnet18.yaml"
 QUIET = ["--set", "train.tensorboard=false"]
 
@@ -48,20 +49,41 @@ def cli(*args: str, cwd: Path) -> str:
     return proc.stdout
 
 
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def train(ws: Path, name: str, seed: int, *overrides: str, epochs: int | None = None) -> Path:
+    """The run trained by RECIPE with `--set` `overrides` (pairs of "--set", "key=value"); with --keep, a run already
+    finished in `ws` with the same resolved recipe (benchmarks/reuse.py) is reused rather than trained again."""
+    from reuse import finished_run
+
+    from maasctl.recipe import load_recipe, recipe_sha256
+
     more = ["--set", f"train.epochs={epochs}"] if epochs else []
-    cli("train", str(RECIPE), "--name", name, "--set", f"train.seed={seed}", *QUIET, *more, *overrides, cwd=ws)
-    return ws / "artifacts" / "runs" / name
+    args = ["--set", f"train.seed={seed}", *QUIET, *more, *overrides]
+    sha = recipe_sha256(load_recipe(RECIPE, args[1::2]))
+    run = finished_run(ws / "artifacts" / "runs", name, sha)
+    if run is not None:
+        say(f"reused run {run.name} (recipe sha256 {sha[:12]})")
+        return run
+    out = json.loads(cli("train", str(RECIPE), "--name", name, *args, "--json", cwd=ws))
+    return ws / out["run_dir"]  # `name` itself, or name-2... when an unfinished or different run holds the name
 
 
 def exported_rows(ws: Path, run: Path, variant: str, seed: int, repeats: int) -> list[dict[str, Any]]:
     """The run exported (fp32) and exported with int8 stacked, each measured as `maasctl benchmark` measures."""
+    from reuse import finished_export
+
     from maasctl.benchmark import measure_model
 
     rows = []
     for fmt, extra in (("fp32", []), ("int8", ["--quantize", "int8", "--force"])):
         model = f"{run.name}-{fmt}"
-        cli("export", run.name, "--name", model, *extra, "--json", cwd=ws)
+        if finished_export(ws / "artifacts" / "models", model, run, extra[1] if extra else None):
+            say(f"reused model {model}")
+        else:
+            cli("export", str(run), "--name", model, *extra, "--json", cwd=ws)
         m = measure_model(model, ws / "artifacts" / "models", device="cpu", split="test", repeats=repeats)
         rows.append(
             {
@@ -105,7 +127,6 @@ def student_rows(ws: Path, seed: int, teacher_run: Path, args: argparse.Namespac
 
 def pruned_rows(ws: Path, seed: int, teacher_run: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The teacher pruned to half its channels and fine-tuned (`maasctl prune`, benchmarks/pruning.py), fp32 and int8."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from pruning import prune_rows
 
     rows = prune_rows(teacher_run, ratio=0.5, epochs=args.prune_epochs, seed=seed, repeats=args.repeats, teacher=False)
