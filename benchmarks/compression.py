@@ -3,6 +3,7 @@
     python benchmarks/compression.py                          # 3 seeds, the README figures
     python benchmarks/compression.py --seeds 0 --repeats 10   # a quick look
     python benchmarks/compression.py --json                   # one JSON object: the per-seed rows and the table
+    python benchmarks/compression.py --keep ws                # runs and models kept in ws; run again, they are reused
 
 On the image-folder digits example (`maasctl examples`; the recipe recipes/digits_folder_resnet18.yaml), per seed:
 the teacher (ResNet-18, the recipe as it is but for `--teacher-label-smoothing`), a small student trained from
@@ -14,7 +15,8 @@ teacher and students share its split.
 
 Rows come from functions, one per kind of variant (`teacher_rows`, `student_rows`, `pruned_rows`: the teacher
 pruned to half its channels by `maasctl prune`, through benchmarks/pruning.py), each returning one row per
-exported model.
+exported model. With --keep, finished runs and exports already in the folder with the same recipe are reused
+(benchmarks/reuse.py says what counts as the same).
 """
 
 from __future__ import annotations
