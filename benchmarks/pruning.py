@@ -24,6 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER_RECIPE = ROOT / "recipes" / "digits_folder_resnet18.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/reuse.py
 
 
 def cli(*args: str, cwd: Path) -> str:
@@ -33,32 +34,20 @@ def cli(*args: str, cwd: Path) -> str:
     return proc.stdout
 
 
-def prune_rows(
-    teacher_run: Path,
-    *,
-    ratio: float = 0.5,
-    epochs: int = 3,
-    seed: int | None = None,
-    importance: str = "l1",
-    repeats: int = 30,
-    teacher: bool = True,
-) -> list[dict[str, Any]]:
-    """Rows for the teacher and its pruned copy, each fp32 and int8: variant, run, parameters, bytes, accuracy,
-    latency_ms_b1, latency_ms_b32, speedup_b32 (against the teacher in fp32). `teacher_run` is a run folder
-    (artifacts/runs/NAME); the pruned run and the models are written beside it, under the same artifacts/.
-    `seed`: the seed the caller trained the teacher with; the fine-tune keeps the teacher's recipe, so its data split
-    and seed, and a different one is refused rather than silently ignored. `teacher=False`: the pruned rows alone
-    (for a caller that measured the teacher already), without speed-ups."""
-    from maasctl.benchmark import measure_model
-    from maasctl.recipe import load_recipe
-
-    teacher_run = Path(teacher_run).resolve()
+def prune_once(teacher_run: Path, *, ratio: float, epochs: int, importance: str) -> tuple[Path, dict[str, Any]]:
+    """`maasctl prune` of `teacher_run` (resolved, under artifacts/runs/), or the pruned run already finished beside it
+    with the same parent, ratio, importance and epochs (benchmarks/reuse.py); the run folder and its pruning record."""
     artifacts = teacher_run.parent.parent
-    recipe_seed = load_recipe(teacher_run / "recipe.yaml").train.seed
-    if seed is not None and seed != recipe_seed:
-        raise ValueError(f"seed {seed}: {teacher_run} was trained with train.seed {recipe_seed}")
-    cwd = artifacts.parent  # the recipe's relative data paths (data/examples/...) resolve from here
+    cwd = artifacts.parent
     pruned_name = f"{teacher_run.name}-pruned{round(ratio * 100)}"
+    from reuse import finished_prune
+
+    pruned_run = finished_prune(
+        artifacts / "runs", pruned_name, teacher_run, ratio=ratio, importance=importance, epochs=epochs
+    )
+    if pruned_run is not None:
+        print(f"reused run {pruned_run.name} (pruned from {teacher_run.name})", file=sys.stderr, flush=True)
+        return pruned_run, json.loads((pruned_run / "summary.json").read_text())["pruning"]
     pruned = json.loads(
         cli(
             "prune",
@@ -77,7 +66,37 @@ def prune_rows(
             cwd=cwd,
         )
     )
-    pruned_run = cwd / pruned["run_dir"]  # an absolute path stays as it is
+    return cwd / pruned["run_dir"], pruned["pruning"]  # an absolute run_dir stays as it is
+
+
+def prune_rows(
+    teacher_run: Path,
+    *,
+    ratio: float = 0.5,
+    epochs: int = 3,
+    seed: int | None = None,
+    importance: str = "l1",
+    repeats: int = 30,
+    teacher: bool = True,
+) -> list[dict[str, Any]]:
+    """Rows for the teacher and its pruned copy, each fp32 and int8: variant, run, parameters, bytes, accuracy,
+    latency_ms_b1, latency_ms_b32, speedup_b32 (against the teacher in fp32). `teacher_run` is a run folder
+    (artifacts/runs/NAME); the pruned run and the models are written beside it, under the same artifacts/.
+    `seed`: the seed the caller trained the teacher with; the fine-tune keeps the teacher's recipe, so its data split
+    and seed, and a different one is refused rather than silently ignored. `teacher=False`: the pruned rows alone
+    (for a caller that measured the teacher already), without speed-ups."""
+    from reuse import finished_export
+
+    from maasctl.benchmark import measure_model
+    from maasctl.recipe import load_recipe
+
+    teacher_run = Path(teacher_run).resolve()
+    artifacts = teacher_run.parent.parent
+    recipe_seed = load_recipe(teacher_run / "recipe.yaml").train.seed
+    if seed is not None and seed != recipe_seed:
+        raise ValueError(f"seed {seed}: {teacher_run} was trained with train.seed {recipe_seed}")
+    cwd = artifacts.parent  # the recipe's relative data paths (data/examples/...) resolve from here
+    pruned_run, pruning = prune_once(teacher_run, ratio=ratio, epochs=epochs, importance=importance)
     repo = artifacts / "models"
     rows = []
     variants = [("teacher", teacher_run)] if teacher else []
@@ -85,10 +104,11 @@ def prune_rows(
         for precision in ("fp32", "int8"):
             name = f"{run.name}-{precision}"
             quantize = ["--quantize", "int8", "--force"] if precision == "int8" else []
-            exported = json.loads(
+            if finished_export(repo, name, run, "int8" if quantize else None):
+                print(f"reused model {name}", file=sys.stderr, flush=True)
+            else:
                 cli("export", str(run), "--name", name, *quantize, "--artifacts", str(artifacts), "--json", cwd=cwd)
-            )
-            m = measure_model(str(cwd / exported["path"]), repo, device="cpu", split="test", repeats=repeats)
+            m = measure_model(name, repo, device="cpu", split="test", repeats=repeats)
             rows.append(
                 {
                     "variant": f"{variant} {precision}",
@@ -103,7 +123,7 @@ def prune_rows(
     if teacher:
         for row in rows:
             row["speedup_b32"] = rows[0]["latency_ms_b32"] / row["latency_ms_b32"]
-    rows[-2]["pruning"] = pruned["pruning"]  # params/MACs before and after, accuracy before fine-tuning
+    rows[-2]["pruning"] = pruning  # params/MACs before and after, accuracy before fine-tuning
     return rows
 
 

@@ -44,9 +44,10 @@ def test_examples_write_every_dataset(examples_dir):
 @pytest.mark.parametrize("recipe", LOCAL)
 def test_example_recipe_trains_and_exports(examples_dir, recipe):
     teacher = _teacher(recipe)
-    if teacher and not (examples_dir / teacher).is_dir():  # this test alone (-k): its header's first `maasctl train`
-        first = next(s.split()[2] for s in ROOT.joinpath("recipes", recipe).read_text().split("&&")[1:])
-        run_cli("train", str(ROOT / first), "--set", "train.epochs=1", cwd=examples_dir)
+    if teacher and not (examples_dir / teacher).is_dir():  # its header's first `maasctl train`, with its options
+        header = ROOT.joinpath("recipes", recipe).read_text().splitlines()[0]
+        first, *options = next(s.split()[2:] for s in header.split("&&")[1:])  # RECIPE [--set K=V ...] [--name N]
+        run_cli("train", str(ROOT / first), *options, "--set", "train.epochs=1", cwd=examples_dir)
     out = run_cli("train", str(ROOT / "recipes" / recipe), "--set", "train.epochs=1", "--json", cwd=examples_dir)
     result = json.loads(out.stdout)
     exported = json.loads(run_cli("export", result["run_dir"], "--json", cwd=examples_dir).stdout)
