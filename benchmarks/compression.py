@@ -181,7 +181,7 @@ def print_table(table: list[dict[str, Any]]) -> None:
 def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every variant's rows, seed after seed, in a workspace with the example image folder."""
     with tempfile.TemporaryDirectory(prefix="maasctl-compression-") as tmp:
-        ws = args.keep or Path(tmp)
+        ws = (args.keep or Path(tmp)).resolve()  # absolute: the work below runs from inside it (chdir, cwd=ws)
         ws.mkdir(parents=True, exist_ok=True)
         os.chdir(ws)  # the recipe's data.root is relative, and evaluation (in this process) reads it from here
         cli("examples", str(ws / "data" / "examples"), cwd=ws)  # the recipe's image folder, data/examples/digits_png
