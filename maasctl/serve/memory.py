@@ -52,14 +52,8 @@ class BodyBudget:
     def reserve(self, content_length: str | None, header_length: str | None, max_body_bytes: int) -> tuple[int, int]:
         """`infer_limit`, `declared_size` and `hold` in one call, for the REST infer path: the body limit and the bytes
         now held, which the caller gives back (`budget.held -= reserved`) when the request ends, however it ends."""
-        if header_length is None and content_length and content_length.isdecimal():  # the common JSON request
-            declared, limit = int(content_length), min(max_body_bytes, self.max_json_bytes)
-            if declared > self.max_json_bytes:
-                limit = self.infer_limit(content_length, header_length, max_body_bytes)  # 413, or the body limit
-        else:
-            limit = self.infer_limit(content_length, header_length, max_body_bytes)
-            declared = limit if not (content_length and content_length.isdecimal()) else int(content_length)
-        size = min(declared, limit)  # declared_size
+        limit = self.infer_limit(content_length, header_length, max_body_bytes)
+        size = declared_size(content_length, limit)
         if self.held and self.held + size > self.max_bytes:
             self._refuse(size)
         self.held += size
