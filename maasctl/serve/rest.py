@@ -220,7 +220,8 @@ class InferDispatch:
                 finally:
                     budget.held -= reserved
             except (DecodingFull, JsonTooLarge):
-                await receive_body(receive, declared, self.max_body_bytes, keep=False)  # as Endpoints.infer
+                # Read and drop the body, so the client, still sending it, gets the 503 or 413 rather than a reset
+                await receive_body(receive, declared, self.max_body_bytes, keep=False)
                 raise
         except InferenceError as exc:
             content, status, headers = _error_reply(exc, "POST", path)
