@@ -246,9 +246,7 @@ class ModelBatcher:
         now, queued = time.perf_counter(), self._m_queue
         for request in batch:
             request.started = True
-            queued.append(now - request.queued_at)
-        if len(queued) >= queued.every:
-            queued.fold()
+            queued.add(now - request.queued_at)
         self._running = batch
         try:
             await self._run(batch)
@@ -276,10 +274,7 @@ class ModelBatcher:
                 self._thread, self._timed_run, feeds, names, rows
             )
             if seconds is not None:  # one execution (a sliced one counted itself, slice by slice)
-                executed = self._m_executed
-                executed.append(seconds)
-                if len(executed) >= executed.every:
-                    executed.fold()
+                self._m_executed.add(seconds)
                 self._m_count.inc(rows)
                 if self.drift is not None:
                     self._to_observe.append((feeds, results))

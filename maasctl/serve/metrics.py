@@ -184,7 +184,7 @@ class Observations(list):
     floats and folded into the prometheus-client series every `every` observations and before each scrape (`Metrics.
     render`). On the infer path a request made three locked updates of prometheus-client's values (the success
     counter, the request-seconds histogram's bucket and sum, the queue-seconds histogram's) and a bucket search; now
-    it appends to a list (list's own `append`: this class adds no per-observation Python). The fold finds the buckets
+    it appends to a list (`add`: an append and a length check). The fold finds the buckets
     for all of them at once and updates each touched bucket, the sum and the counter once, so a scrape reads the same
     counts, buckets and (up to float rounding) sum as `observe` per request would leave. Event-loop only, like the
     requests that append. With --workers (multiprocess mode) `every` is 1: another worker may be the one scraped."""
@@ -195,6 +195,12 @@ class Observations(list):
         super().__init__()
         self.histogram, self.counter, self.every = histogram, counter, every
         self.bounds = np.array(histogram._upper_bounds if hasattr(histogram, "_upper_bounds") else [np.inf])
+
+    def add(self, value: float) -> None:
+        """One observation; folded with the others once `every` are waiting."""
+        self.append(value)
+        if len(self) >= self.every:
+            self.fold()
 
     def fold(self) -> None:
         n = len(self)

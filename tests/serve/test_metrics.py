@@ -75,9 +75,7 @@ def test_a_tally_folds_into_the_same_buckets_count_and_sum_as_observe():
         if tallied:
             tally = Observations(series, counter, every=7)
             for value in values:
-                tally.append(value)
-                if len(tally) >= tally.every:
-                    tally.fold()
+                tally.add(value)
             assert len(tally) == len(values) % 7  # not yet folded: a scrape folds them (Metrics.render)
             tally.fold()
         else:
