@@ -25,12 +25,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/reuse.py and benchmarks/pruning.py
@@ -42,13 +43,6 @@ def student(args: argparse.Namespace) -> list[str]:
     """The student: the registry's small CNN at `--student-width` (4: ~2k parameters, 8: ~7k, against ResNet-18's
     11M), otherwise trained by the teacher's recipe (optimizer, schedule, augmentation, label smoothing)."""
     return ["--set", "model.name=cnn_small", "--set", f"model.params.width={args.student_width}"]
-
-
-def cli(*args: str, cwd: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "maasctl", *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"maasctl {' '.join(args)} failed:\n{proc.stderr}")
-    return proc.stdout
 
 
 def say(message: str) -> None:
@@ -73,20 +67,13 @@ def train(ws: Path, name: str, seed: int, *overrides: str, epochs: int | None = 
     return ws / out["run_dir"]  # `name` itself, or name-2... when an unfinished or different run holds the name
 
 
-def exported_rows(ws: Path, run: Path, variant: str, seed: int, repeats: int) -> list[dict[str, Any]]:
+def exported_rows(run: Path, variant: str, seed: int, repeats: int) -> list[dict[str, Any]]:
     """The run exported (fp32) and exported with int8 stacked, each measured as `maasctl benchmark` measures."""
-    from reuse import finished_export
-
-    from maasctl.benchmark import measure_model
+    from pruning import export_measured
 
     rows = []
-    for fmt, extra in (("fp32", []), ("int8", ["--quantize", "int8", "--force"])):
-        model = f"{run.name}-{fmt}"
-        if finished_export(ws / "artifacts" / "models", model, run, extra[1] if extra else None):
-            say(f"reused model {model}")
-        else:
-            cli("export", str(run), "--name", model, *extra, "--json", cwd=ws)
-        m = measure_model(model, ws / "artifacts" / "models", device="cpu", split="test", repeats=repeats)
+    for fmt in ("fp32", "int8"):
+        m = export_measured(run, f"{run.name}-{fmt}", int8=fmt == "int8", repeats=repeats)
         rows.append(
             {
                 "variant": variant,
@@ -106,7 +93,7 @@ def teacher_rows(ws: Path, seed: int, args: argparse.Namespace) -> tuple[Path, l
     """The teacher, ResNet-18 trained by the recipe but for its label smoothing; its fp32 export teaches the rest."""
     smoothing = ["--set", f"train.label_smoothing={args.teacher_label_smoothing}"]
     run = train(ws, f"teacher-s{seed}", seed, *smoothing, epochs=args.epochs)
-    return run, exported_rows(ws, run, "teacher resnet18", seed, args.repeats)
+    return run, exported_rows(run, "teacher resnet18", seed, args.repeats)
 
 
 def student_rows(ws: Path, seed: int, teacher_run: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -122,8 +109,8 @@ def student_rows(ws: Path, seed: int, teacher_run: Path, args: argparse.Namespac
         "--set", f"distill.alpha={args.alpha}",
     ]  # fmt: skip
     distilled = train(ws, f"distilled-s{seed}", seed, *student(args), *distill, epochs=epochs)
-    return exported_rows(ws, scratch, "student from scratch", seed, args.repeats) + exported_rows(
-        ws, distilled, "student distilled", seed, args.repeats
+    return exported_rows(scratch, "student from scratch", seed, args.repeats) + exported_rows(
+        distilled, "student distilled", seed, args.repeats
     )
 
 

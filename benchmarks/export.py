@@ -14,26 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {
     "digits CNN (cnn_small)": ROOT / "recipes" / "digits_cnn.yaml",
     "digits MLP": ROOT / "recipes" / "digits_mlp.yaml",
 }
-
-
-def cli(*args: str, cwd: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "maasctl", *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"maasctl {' '.join(args)} failed:\n{proc.stderr}")
-    return proc.stdout
 
 
 def main() -> None:

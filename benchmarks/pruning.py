@@ -16,22 +16,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER_RECIPE = ROOT / "recipes" / "digits_folder_resnet18.yaml"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/reuse.py
 
 
-def cli(*args: str, cwd: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "maasctl", *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"maasctl {' '.join(args)} failed:\n{proc.stderr}")
-    return proc.stdout
+def export_measured(run: Path, name: str, *, int8: bool, repeats: int) -> dict[str, Any]:
+    """`run` exported as model `name` (with `--quantize int8` stacked when `int8`) into the repository beside it
+    (artifacts/models), or the model already exported from it that way (benchmarks/reuse.py); then measured as
+    `maasctl benchmark` measures it (maasctl.benchmark.measure_model)."""
+    from reuse import finished_export
+
+    from maasctl.benchmark import measure_model
+
+    run = run.resolve()
+    artifacts = run.parent.parent
+    repo = artifacts / "models"
+    if finished_export(repo, name, run, "int8" if int8 else None):
+        print(f"reused model {name}", file=sys.stderr, flush=True)
+    else:
+        quantize = ["--quantize", "int8", "--force"] if int8 else []
+        # cwd: the recipe's relative data paths (data/examples/...) resolve from the folder above artifacts/
+        cli(
+            "export", str(run), "--name", name, *quantize, "--artifacts", str(artifacts), "--json", cwd=artifacts.parent
+        )
+    return measure_model(name, repo, device="cpu", split="test", repeats=repeats)
 
 
 def prune_once(teacher_run: Path, *, ratio: float, epochs: int, importance: str) -> tuple[Path, dict[str, Any]]:
@@ -85,30 +101,18 @@ def prune_rows(
     `seed`: the seed the caller trained the teacher with; the fine-tune keeps the teacher's recipe, so its data split
     and seed, and a different one is refused rather than silently ignored. `teacher=False`: the pruned rows alone
     (for a caller that measured the teacher already), without speed-ups."""
-    from reuse import finished_export
-
-    from maasctl.benchmark import measure_model
     from maasctl.recipe import load_recipe
 
     teacher_run = Path(teacher_run).resolve()
-    artifacts = teacher_run.parent.parent
     recipe_seed = load_recipe(teacher_run / "recipe.yaml").train.seed
     if seed is not None and seed != recipe_seed:
         raise ValueError(f"seed {seed}: {teacher_run} was trained with train.seed {recipe_seed}")
-    cwd = artifacts.parent  # the recipe's relative data paths (data/examples/...) resolve from here
     pruned_run, pruning = prune_once(teacher_run, ratio=ratio, epochs=epochs, importance=importance)
-    repo = artifacts / "models"
     rows = []
     variants = [("teacher", teacher_run)] if teacher else []
     for variant, run in [*variants, (f"pruned {ratio:.0%}", pruned_run)]:
         for precision in ("fp32", "int8"):
-            name = f"{run.name}-{precision}"
-            quantize = ["--quantize", "int8", "--force"] if precision == "int8" else []
-            if finished_export(repo, name, run, "int8" if quantize else None):
-                print(f"reused model {name}", file=sys.stderr, flush=True)
-            else:
-                cli("export", str(run), "--name", name, *quantize, "--artifacts", str(artifacts), "--json", cwd=cwd)
-            m = measure_model(name, repo, device="cpu", split="test", repeats=repeats)
+            m = export_measured(run, f"{run.name}-{precision}", int8=precision == "int8", repeats=repeats)
             rows.append(
                 {
                     "variant": f"{variant} {precision}",
