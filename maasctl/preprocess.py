@@ -114,14 +114,22 @@ def eval_transform(img: Any, spec: dict[str, Any]) -> Any:
     """Resize so the image covers (height, width) / crop_fraction keeping its aspect ratio (for a square size: the
     shorter side to size / crop_fraction, as torchvision's Resize(int) rounds), then crop the centre (height, width).
     crop_fraction 1.0 keeps as much of the image as a centre crop can."""
-    from PIL import Image
-
     h, w = spec["height"], spec["width"]
-    new_w, new_h = eval_resize_size(img.size, spec)
-    if (new_w, new_h) != img.size:
-        img = img.resize((new_w, new_h), Image.Resampling[spec.get("interpolation", "bilinear").upper()])
+    img = eval_resize(img, spec)
+    new_w, new_h = img.size
     top, left = round((new_h - h) / 2.0), round((new_w - w) / 2.0)
     return img.crop((left, top, left + w, top + h))
+
+
+def eval_resize(img: Any, spec: dict[str, Any]) -> Any:
+    """The image resized as `eval_transform` resizes it before cropping (to `eval_resize_size`); an image already at
+    that size is returned as it is, not resampled."""
+    from PIL import Image
+
+    size = eval_resize_size(img.size, spec)
+    if size != img.size:
+        img = img.resize(size, Image.Resampling[spec.get("interpolation", "bilinear").upper()])
+    return img
 
 
 def eval_resize_size(size: tuple[int, int], spec: dict[str, Any]) -> tuple[int, int]:

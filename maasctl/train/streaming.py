@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from maasctl.preprocess import eval_resize_size, eval_transform, load_image, open_image
+from maasctl.preprocess import eval_resize, eval_transform, load_image, open_image
 
 MAX_AUTO_WORKERS = 8  # what timm and Ultralytics default to at most
 PREFETCH_BATCHES = 4  # per worker: a step that waits on a slow file does not stall the next ones
@@ -136,11 +136,7 @@ class ImageFiles(torch.utils.data.Dataset):
 
         pixels = self.cache.get(i)
         if pixels is None:
-            img = open_image(str(self.files[i]), self.spec)
-            size = eval_resize_size(img.size, self.spec)
-            if size != img.size:  # as eval_transform: an image already at this size is not resampled
-                img = img.resize(size, Image.Resampling[self.spec.get("interpolation", "bilinear").upper()])
-            pixels = np.asarray(img, dtype=np.uint8)
+            pixels = np.asarray(eval_resize(open_image(str(self.files[i]), self.spec), self.spec), dtype=np.uint8)
             self.cache.put(i, pixels)
         return Image.fromarray(pixels)
 
