@@ -62,7 +62,7 @@ class BackendError(InvalidInput):
 class _Request:
     """One queued request (a plain class with slots, not a dataclass: one is made per request)."""
 
-    __slots__ = ("enqueued", "future", "inputs", "key", "outputs", "queued_at", "rows", "started")
+    __slots__ = ("enqueued", "future", "inputs", "key", "outputs", "queued_at", "rows")
 
     def __init__(
         self,
@@ -77,7 +77,6 @@ class _Request:
         self.key = key  # requests with equal keys can share a batch; None: runs alone
         self.enqueued = enqueued  # event-loop clock, for deadlines (uvloop's is cached at 1 ms resolution)
         self.queued_at = time.perf_counter()  # fine-grained, for the queue-time histogram
-        self.started = False
 
 
 class ModelBatcher:
@@ -133,7 +132,7 @@ class ModelBatcher:
         try:
             return await asyncio.wait_for(request.future, timeout)  # cancels the future when time is up
         except asyncio.TimeoutError:
-            where = "executing" if request.started else "in the queue"
+            where = "executing" if request in self._running else "in the queue"
             self._forget(request)
             raise TimedOut(
                 f"model {self.model.name!r}: no result within {timeout:g} s (--request-timeout-s); it was still {where}"
@@ -242,11 +241,9 @@ class ModelBatcher:
         return batch, rows >= limit
 
     async def _execute(self, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
-        batch = [r for r in batch if not r.future.done()]
-        now, queued = time.perf_counter(), self._m_queue
-        for request in batch:
-            request.started = True
-            queued.add(now - request.queued_at)
+        # No request in `batch` is done: _gather left those out, and nothing ran since (no await in between).
+        now = time.perf_counter()
+        self._m_queue.add_all([now - r.queued_at for r in batch])
         self._running = batch
         try:
             await self._run(batch)

@@ -50,10 +50,32 @@ class BodyBudget:
         return _Hold(self, size)
 
     def reserve(self, content_length: str | None, header_length: str | None, max_body_bytes: int) -> tuple[int, int]:
-        """`infer_limit`, `declared_size` and `hold` in one call, for the REST infer path: the body limit and the bytes
-        now held, which the caller gives back (`budget.held -= reserved`) when the request ends, however it ends."""
-        limit = self.infer_limit(content_length, header_length, max_body_bytes)
-        size = declared_size(content_length, limit)
+        """For a REST infer request: the body limit, checked against what the request declares, and the bytes now
+        held, which the caller gives back (`budget.held -= reserved`) when the request ends, however it ends.
+
+        The limit is the JSON limit for an all-JSON body; for a binary one (Triton's extension) the body limit, with
+        its JSON header held to the JSON limit. What is held is the declared Content-Length, or the whole limit for
+        a body of unknown length. One function, no helpers: it runs on every request."""
+        json_limit = self.max_json_bytes
+        if header_length is None:
+            limit = max_body_bytes if max_body_bytes < json_limit else json_limit
+        elif header_length.isdecimal() and int(header_length) > json_limit:
+            raise JsonTooLarge(
+                f"JSON header of {header_length} bytes exceeds the JSON limit of {json_limit} bytes (--max-json-mb)"
+            )
+        else:
+            limit = max_body_bytes
+        size = limit
+        if content_length and content_length.isdecimal():
+            declared = int(content_length)
+            if header_length is None and json_limit < declared <= max_body_bytes:
+                raise JsonTooLarge(
+                    f"JSON request body of {declared} bytes exceeds the limit of {json_limit} bytes for JSON tensors "
+                    f"(--max-json-mb); send large tensors as binary data (Triton's binary tensor extension, up to "
+                    f"{max_body_bytes} bytes, --max-body-mb)"
+                )
+            if declared < limit:
+                size = declared
         if self.held and self.held + size > self.max_bytes:
             self._refuse(size)
         self.held += size
@@ -64,25 +86,6 @@ class BodyBudget:
             f"the server is decoding {self.held} bytes of request bodies (--max-decoding-mb allows "
             f"{self.max_bytes}); this one of {size} bytes must wait: retry later"
         )
-
-    def infer_limit(self, content_length: str | None, header_length: str | None, max_body_bytes: int) -> int:
-        """The body limit for an infer request, checked against what it declares: the JSON limit for an all-JSON
-        body; for a binary one (Triton's extension) the body limit, with its JSON header held to the JSON limit."""
-        json_limit = self.max_json_bytes
-        if header_length is not None:
-            if header_length.isdecimal() and int(header_length) > json_limit:
-                raise JsonTooLarge(
-                    f"JSON header of {header_length} bytes exceeds the JSON limit of {json_limit} bytes (--max-json-mb)"
-                )
-            return max_body_bytes
-        declared = int(content_length) if content_length and content_length.isdecimal() else 0
-        if json_limit < declared <= max_body_bytes:
-            raise JsonTooLarge(
-                f"JSON request body of {declared} bytes exceeds the limit of {json_limit} bytes for JSON tensors "
-                f"(--max-json-mb); send large tensors as binary data (Triton's binary tensor extension, up to "
-                f"{max_body_bytes} bytes, --max-body-mb)"
-            )
-        return min(max_body_bytes, json_limit)
 
 
 class _Hold:
@@ -98,10 +101,3 @@ class _Hold:
 
     def __exit__(self, *exc: object) -> None:
         self.budget.held -= self.size
-
-
-def declared_size(content_length: str | None, limit: int) -> int:
-    """What to reserve before reading: the declared length, or the whole limit for a body of unknown length."""
-    if content_length and content_length.isdecimal():
-        return min(int(content_length), limit)
-    return limit

@@ -202,6 +202,12 @@ class Observations(list):
         if len(self) >= self.every:
             self.fold()
 
+    def add_all(self, values: list[float]) -> None:
+        """Several observations at once (a batch's queue times)."""
+        self.extend(values)
+        if len(self) >= self.every:
+            self.fold()
+
     def fold(self) -> None:
         n = len(self)
         if not n:

@@ -474,6 +474,25 @@ def test_the_common_request_decodes_to_the_values_sent(datatype: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "datatype, data, match",
+    [
+        ("FP16", [1.0, 70000.0, 3.0, 4.0], r"values out of range for FP16"),  # past 65504
+        ("FP32", [3.4e38, 3.4e38, 1.0, 1.0], None),  # each within range, though the norm of all of them is not
+        ("FP64", [1e308, 1e308, -1e308, 1.0], None),  # the norm of these is beyond any float
+    ],
+)
+def test_values_near_the_types_limit_decode_as_the_general_path_decodes_them(datatype, data, match) -> None:
+    doc = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": datatype, "data": data}]}
+    one = signature(("x", datatype, (-1, 2)))
+    if match is not None:
+        with pytest.raises(InvalidInput, match=match):
+            decode_request(orjson.dumps(doc), None, one)
+        return
+    x = decode_request(orjson.dumps(doc), None, one).inputs["x"]
+    np.testing.assert_array_equal(x, np.array(data, dtype=DATATYPES[datatype]).reshape(2, 2))
+
+
+@pytest.mark.parametrize(
     "data, match",
     [
         ([1.0, True, 3.0, 4.0], r"input 'x': data must be numbers for datatype FP32"),
