@@ -20,7 +20,9 @@ def test_a_request_that_waits_too_long_gets_504_and_every_request_is_logged_as_j
         status, _, reply = infer(server.url, "digits", {"input": np.zeros((1, 1, 8, 8), np.float32)})
         assert status == 504 and "no result within 0.5 s" in reply["error"] and "queue" in reply["error"], reply
         assert time.monotonic() - start < 5
-        status, _, reply = infer(server.url, "digits", {"input": np.zeros((32, 1, 8, 8), np.float32)})
+        # Through a proxy on this host (KServe's queue-proxy, a sidecar): the log names the proxy's client
+        forwarded = {"X-Forwarded-For": "203.0.113.7"}
+        status, _, reply = infer(server.url, "digits", {"input": np.zeros((32, 1, 8, 8), np.float32)}, forwarded)
         assert status == 200 and reply["outputs"][0]["shape"] == [32, 10]
         assert metric(scrape(server.url), "nv_inference_request_failure_total", model="digits", reason="TIMEOUT") == 1
     finally:
@@ -32,6 +34,7 @@ def test_a_request_that_waits_too_long_gets_504_and_every_request_is_logged_as_j
     assert infers[0]["duration_ms"] >= 500 and infers[0]["method"] == "POST" and infers[0]["bytes_in"] > 0
     assert infers[1]["bytes_out"] > 32 * 10  # 320 logits, as JSON text
     assert {"time", "client", "user_agent"} <= set(infers[0])
+    assert infers[0]["client"].startswith("127.0.0.1:") and infers[1]["client"].startswith("203.0.113.7:"), infers
     assert any(e["path"] == "/metrics" and e["status"] == 200 for e in entries)
 
 
