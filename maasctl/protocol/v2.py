@@ -52,9 +52,9 @@ def datatype_of(array: np.ndarray) -> str:
 class InferRequest:
     inputs: dict[str, np.ndarray]
     id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] | None = None  # None: the request has none
     outputs: list[str] | None = None  # None: all outputs
-    binary_outputs: set[str] = field(default_factory=set)
+    binary_outputs: set[str] | frozenset[str] = frozenset()  # no factory: one request is made per inference
 
 
 @dataclass
@@ -74,14 +74,18 @@ class TensorSignature:
         self.outputs = [t.name for t in outputs]
 
     @functools.cached_property
-    def single_float(self) -> tuple[str, str, tuple[int, ...], float] | None:
-        """For a model of one floating-point input (what `_decode_common` decodes): its name, datatype, shape and the
-        datatype's largest finite value; None for any other model. Computed once, on the first request."""
+    def common_input(self) -> tuple[str, str, int, list[int], int, float] | None:
+        """What `_decode_common` decodes, for a model of one floating-point input with a batch axis (a dynamic first
+        dimension, the others fixed: as export writes it): the input's name, datatype and number of dimensions, the
+        shape and size of one row, and the datatype's largest finite value. None for any other model. Computed once,
+        on the first request."""
         if len(self.inputs) != 1:
             return None
         ((name, (datatype, shape)),) = self.inputs.items()
         largest = _LARGEST.get(datatype)
-        return None if largest is None else (name, datatype, shape, largest)
+        if largest is None or not shape or shape[0] >= 0 or any(d < 0 for d in shape[1:]):
+            return None
+        return name, datatype, len(shape), list(shape[1:]), math.prod(shape[1:]), largest
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> TensorSignature:
@@ -135,10 +139,11 @@ def decode_request(body: bytes, header_length: str | None, signature: TensorSign
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
-    return InferRequest(inputs, request_id, parameters, outputs, binary_outputs)
+    return InferRequest(inputs, request_id, parameters or None, outputs, binary_outputs)
 
 
 _NUMBERS = frozenset({int, float})
+_INTS = frozenset({int})
 # The largest finite value of each floating-point type: anything larger becomes infinity when cast to it.
 _LARGEST = {name: float(np.finfo(DATATYPES[name]).max) for name in ("FP16", "FP32", "FP64")}
 
@@ -149,10 +154,10 @@ def _decode_common(doc: dict[str, Any], signature: TensorSignature) -> InferRequ
     flat list of numbers, with nothing else but an optional string id (what `maasctl predict --url --json`,
     tritonclient's JSON and the benchmarks send). None for anything else, any error included: `decode_request` then
     takes the general path, which names the error. Same result as the general path for every request it takes."""
-    spec = signature.single_float
+    spec = signature.common_input
     if spec is None or (len(doc) != 1 and not (len(doc) == 2 and type(doc.get("id")) is str)):
         return None
-    name, datatype, expected, largest = spec
+    name, datatype, ndim, row_shape, row_size, largest = spec
     inputs = doc.get("inputs")
     if type(inputs) is not list or len(inputs) != 1:
         return None
@@ -160,15 +165,17 @@ def _decode_common(doc: dict[str, Any], signature: TensorSignature) -> InferRequ
     if type(item) is not dict or len(item) != 4 or item.get("name") != name or item.get("datatype") != datatype:
         return None
     shape, data = item.get("shape"), item.get("data")
-    if type(shape) is not list or type(data) is not list or len(shape) != len(expected):
+    # [rows, *row_shape] of ints: list equality, then the types (equality alone takes 8.0 or true for 8 or 1).
+    if (
+        type(shape) is not list
+        or len(shape) != ndim
+        or shape[1:] != row_shape
+        or not _INTS.issuperset(map(type, shape))
+    ):
         return None
-    count = 1
-    for size, wanted in zip(shape, expected):
-        if type(size) is not int or size < 0 or (wanted >= 0 and size != wanted):
-            return None
-        count *= size
     # A flat list of ints and floats only: a nested list, a string, a bool or a null is left to the general path.
-    if count == 0 or len(data) != count or not _NUMBERS.issuperset(map(type, data)):
+    rows = shape[0]
+    if type(data) is not list or rows < 1 or len(data) != rows * row_size or not _NUMBERS.issuperset(map(type, data)):
         return None
     # No value beyond the type's range (see _from_json): their hypotenuse bounds them all, and costs a sixth of the
     # floating-point error state the general path raises the cast's overflow with.

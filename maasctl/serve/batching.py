@@ -62,7 +62,7 @@ class BackendError(InvalidInput):
 class _Request:
     """One queued request (a plain class with slots, not a dataclass: one is made per request)."""
 
-    __slots__ = ("enqueued", "future", "inputs", "key", "outputs", "queued_at", "rows")
+    __slots__ = ("future", "inputs", "key", "outputs", "queued_at", "rows")
 
     def __init__(
         self,
@@ -70,13 +70,12 @@ class _Request:
         outputs: list[str] | None,
         rows: int,
         key: Hashable | None,
-        enqueued: float,
         future: asyncio.Future,
     ) -> None:
         self.inputs, self.outputs, self.rows, self.future = inputs, outputs, rows, future
         self.key = key  # requests with equal keys can share a batch; None: runs alone
-        self.enqueued = enqueued  # event-loop clock, for deadlines (uvloop's is cached at 1 ms resolution)
-        self.queued_at = time.perf_counter()  # fine-grained, for the queue-time histogram
+        # When it was queued: for the queue-time histogram and the queue delay (uvloop's clock is cached at 1 ms).
+        self.queued_at = time.perf_counter()
 
 
 class ModelBatcher:
@@ -111,13 +110,13 @@ class ModelBatcher:
         batcher.infer(...)`. Queues the request (503 when the queue is full). Without a timeout that awaits the
         request's future itself, no coroutine around it (one frame less to create and resume on every request)."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._worker is None or self._worker.done():
+        if self._loop is not loop or self._worker.done():  # the first request, a new loop, or a worker that ended
             self._ensure_worker(loop)
         pending = self._pending
         if len(pending) >= self.config.max_queue_size:
             self.raise_if_full()
         rows, key = self._rows_and_key(inputs)
-        request = _Request(inputs, outputs, rows, key, loop.time(), loop.create_future())
+        request = _Request(inputs, outputs, rows, key, loop.create_future())
         pending.append(request)
         if self._m_pending is not None:
             self._m_pending.set(len(pending))
@@ -195,12 +194,14 @@ class ModelBatcher:
                     await self._arrived.wait()
                     continue
                 batch, full = self._gather(self._pending[0])
-                deadline = self._pending[0].enqueued + delay
                 # uvloop's timers fire with 1 ms resolution, often early: waiting out the last millisecond would
                 # re-arm the timer again and again (measured: ~18 worker wake-ups per request), so stop short.
-                if not full and loop.time() < deadline - TIMER_RESOLUTION_S:
+                if (
+                    not full
+                    and (left := delay - (time.perf_counter() - self._pending[0].queued_at)) > TIMER_RESOLUTION_S
+                ):
                     self._arrived.clear()
-                    wake = loop.call_at(deadline, self._arrived.set)
+                    wake = loop.call_later(left, self._arrived.set)
                     try:
                         await self._arrived.wait()  # a new request, a timed-out one, or the deadline
                     finally:

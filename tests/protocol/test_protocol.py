@@ -470,7 +470,7 @@ def test_the_common_request_decodes_to_the_values_sent(datatype: str) -> None:
     x = request.inputs["x"]
     assert x.dtype == DATATYPES[datatype] and x.shape == (2, 2)
     np.testing.assert_array_equal(x, np.array(data, dtype=DATATYPES[datatype]).reshape(2, 2))
-    assert (request.id, request.outputs, request.binary_outputs, request.parameters) == ("r1", None, set(), {})
+    assert (request.id, request.outputs, request.binary_outputs, request.parameters) == ("r1", None, set(), None)
 
 
 @pytest.mark.parametrize(
