@@ -13,7 +13,8 @@ the server's event loop (it does share the machine's cores). Every request carri
    (defaults: validation, batching, metrics on) vs benchmarks/lean_probe.py (a raw ASGI callable, one batching task,
    no validation or metrics: the reference) vs the FastAPI app, rounds alternating, ratios per round; plus the
    median latency at 1 connection (wrk -c1). Targets: >= 0.9x the probe, median within 0.2 ms of its.
-   `--wrk-only` runs only this; `--probe-variants` adds the probe with maasctl's metrics, validation, and both.
+   `--wrk-only` runs only this; `--probe-variants` adds the probe with maasctl's metrics, validation, both, and
+   every per-request feature of maasctl as maasctl implements it (`--features`: the limit for such a server).
 1. throughput at 16 connections, JSON v2 bodies: maasctl serve (defaults: dynamic batching up to 32 rows, no
    queue delay) vs benchmarks/_baseline_app.py: a hand-written FastAPI app running one onnxruntime call per
    request (the issue's yardstick; `pip install -e '.[bench]'`, skipped when FastAPI is missing), and the same
@@ -244,7 +245,7 @@ def main() -> None:
     parser.add_argument(
         "--probe-variants",
         action="store_true",
-        help="section 0 also measures the probe with maasctl's metrics, with its validation, and with both",
+        help="section 0 also measures the probe with maasctl's metrics, its validation, both, and all its features",
     )
     args = parser.parse_args()
 
@@ -472,6 +473,7 @@ def probe_section(
             ("probe+metrics", ["--metrics"]),
             ("probe+validate", ["--validate"]),
             ("probe+both", ["--metrics", "--validate"]),
+            ("probe+features", ["--features"]),  # every per-request feature of maasctl, its way: the limit
         ]
     for name, flags in variants:
         port = free_port()
@@ -530,6 +532,9 @@ def _print_probe_section(args, runs: dict[str, list[dict]], seconds: int) -> Non
             f"   maasctl / {labels.get(other, other):<14} {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f}; "
             f"rounds {[round(x, 2) for x in ratios]})"
         )
+    for variant in [k for k in runs if k.startswith("probe+")]:  # what the features cost the probe
+        q = _quartiles([a["rps"] / b["rps"] for a, b in zip(runs[variant], runs["probe"])])
+        print(f"   {variant} / lean probe {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f})")
     if "probe" in runs:
         gaps = [(a["p50_1conn_s"] - b["p50_1conn_s"]) * 1e3 for a, b in zip(runs["maasctl"], runs["probe"])]
         q = _quartiles(gaps)

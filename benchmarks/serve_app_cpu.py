@@ -7,7 +7,8 @@ serve.py), each waiting for its answer before sending the next, on uvloop, batch
 uvicorn, no HTTP parsing, no kernel. The figure is process CPU time / requests, best round of --rounds for each
 contender, contenders alternating. It leaves out what every server pays alike (HTTP, sockets), so it shows the
 apps' own difference more plainly than a load test on a shared machine; the probe runs as is, with maasctl's
-metrics (`+metrics`), with its validation (`+validate`), and with both.
+metrics (`+metrics`), with its validation (`+validate`), with both, and with every per-request feature of maasctl,
+each its way (`+features`: see lean_probe.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def maasctl_app(repo: Path):
 def probe_app(onnx: Path, flags: list[str]):
     from lean_probe import Probe
 
-    return Probe(str(onnx), metrics="metrics" in flags, validate="validate" in flags)
+    return Probe(str(onnx), metrics="metrics" in flags, validate="validate" in flags, features="features" in flags)
 
 
 async def _client(app, path: str, body: bytes, requests: int) -> None:
@@ -114,7 +115,7 @@ def main() -> None:
 def _compare(args: argparse.Namespace) -> None:
     import subprocess
 
-    names = ["maasctl", "probe", "probe+metrics", "probe+validate", "probe+metrics+validate"]
+    names = ["maasctl", "probe", "probe+metrics", "probe+validate", "probe+metrics+validate", "probe+features"]
     best: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(2):  # each contender twice, alternating, each time in a fresh process
         for name in names:

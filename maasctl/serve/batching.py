@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,9 +98,7 @@ class ModelBatcher:
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: list[_Request] = []
-        # One thread of its own runs the model's batches (one at a time, as the worker awaits each): cheaper per
-        # batch than asyncio.to_thread (no context copy, no pool bookkeeping), and always the same warm thread.
-        self._thread: ThreadPoolExecutor | None = None
+        self._thread: ModelThread | None = None  # runs the model's batches, started with the first
         self._to_observe: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []  # for the drift window
         self.drift: Any = None  # a maasctl.drift.DriftMonitor, set when the manifest has training statistics
 
@@ -157,7 +156,7 @@ class ModelBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         if self._thread is not None:
-            self._thread.shutdown(wait=False)  # a batch still running in it finishes; nobody waits for it
+            self._thread.stop()  # a batch still running in it finishes; nobody waits for it
             self._thread = None
 
     # --- the worker ---------------------------------------------------------------------------------------------
@@ -266,11 +265,9 @@ class ModelBatcher:
                 feeds = {name: np.concatenate([r.inputs[name] for r in batch]) for name in batch[0].inputs}
             names = self._output_names(batch)
             if self._thread is None:
-                self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"maasctl-{self.model.name}")
+                self._thread = ModelThread(f"maasctl-{self.model.name}")
             rows = sum([r.rows for r in batch])
-            results, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._timed_run, feeds, names, rows
-            )
+            results, seconds = await self._thread.run(self._timed_run, feeds, names, rows)
             if seconds is not None:  # one execution (a sliced one counted itself, slice by slice)
                 self._m_executed.add(seconds)
                 self._m_count.inc(rows)
@@ -366,6 +363,50 @@ class ModelBatcher:
         if rows <= 0 or rows > self.config.max_batch_size:
             return max(rows, 1), None
         return rows, tuple(sorted((name, a.dtype, a.shape[1:]) for name, a in inputs.items()))
+
+
+class ModelThread:
+    """The thread that runs one model's batches, one at a time (its batcher awaits each): always the same warm
+    thread, and a batch is handed over and answered with one queue put and one `call_soon_threadsafe`. A
+    ThreadPoolExecutor (what `run_in_executor` and `asyncio.to_thread` use) made each batch a concurrent future
+    with its own condition and lock, a pool-size check under a semaphore and a chained asyncio future: about 60
+    Python opcodes a request on the event loop at 8 requests a batch, and more Python in this thread holding
+    the GIL the event loop waits for."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # A daemon thread: one blocked in a stuck model must not keep the process from exiting; `stop` ends it.
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def run(self, fn: Any, *args: Any) -> asyncio.Future:
+        """`fn(*args)` in the thread, after the batches before it; await the result on the calling event loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)  # after the batches already handed over
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            try:
+                result, exc = fn(*args), None
+            except BaseException as error:  # handed to the awaiting coroutine, as an executor would
+                result, exc = None, error
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting for the result
+                loop.call_soon_threadsafe(_resolve, future, result, exc)
+            del job, future, result, exc  # not kept alive while the thread waits for the next batch
+
+
+def _resolve(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the awaiting coroutine was cancelled meanwhile (a shutdown)
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 def _batchable(model: LoadedModel) -> bool:
