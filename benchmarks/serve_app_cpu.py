@@ -9,6 +9,11 @@ contender, contenders alternating. It leaves out what every server pays alike (H
 apps' own difference more plainly than a load test on a shared machine; the probe runs as is, with maasctl's
 metrics (`+metrics`), with its validation (`+validate`), with both, and with every per-request feature of maasctl,
 each its way (`+features`: see lean_probe.py).
+
+    python benchmarks/serve_app_cpu.py --repo artifacts/models --opcodes
+
+counts instead the Python opcodes the event-loop thread executes per request (8 tasks, so batches of about 8 as
+under wrk -c16): a figure that does not depend on the machine's load, to tell small changes apart.
 """
 
 from __future__ import annotations
@@ -71,6 +76,46 @@ async def _client(app, path: str, body: bytes, requests: int) -> None:
             raise SystemExit(f"answer {sent[0]['status']}: {sent[1]['body'][:300]!r}")
 
 
+async def count_opcodes(app, path: str, body: bytes, requests: int) -> float:
+    """Python opcodes executed on this (the event loop's) thread per request, 8 tasks, after a warm-up."""
+    import threading
+
+    inbox: asyncio.Queue = asyncio.Queue()
+    outbox: asyncio.Queue = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
+    )
+    await outbox.get()
+    await asyncio.gather(*(_client(app, path, body, 100) for _ in range(8)))
+    loop_thread, counted = threading.get_ident(), [0]
+    clients = {_client.__code__, count_opcodes.__code__}
+
+    def trace(frame, event, arg):
+        if (
+            threading.get_ident() != loop_thread
+            or frame.f_code in clients
+            or frame.f_code.co_name in ("receive", "send")
+        ):
+            return None
+        frame.f_trace_opcodes = True
+        return step
+
+    def step(frame, event, arg):
+        if event == "opcode":
+            counted[0] += 1
+        return step
+
+    sys.settrace(trace)
+    try:
+        await asyncio.gather(*(_client(app, path, body, requests) for _ in range(8)))
+    finally:
+        sys.settrace(None)
+    await inbox.put({"type": "lifespan.shutdown"})
+    await lifespan
+    return counted[0] / (8 * requests)
+
+
 async def measure(app, path: str, body: bytes, requests: int, rounds: int) -> list[float]:
     """CPU microseconds per request, one figure per round (after a warm-up)."""
     inbox: asyncio.Queue = asyncio.Queue()
@@ -98,6 +143,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per task and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--contender", help=argparse.SUPPRESS)  # one contender, in a process of its own
+    parser.add_argument("--opcodes", action="store_true", help="count Python opcodes per request instead of CPU")
     args = parser.parse_args()
     versions = sorted((p for p in (args.repo / args.model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     onnx, path = versions[-1] / "model.onnx", f"/v2/models/{args.model}/infer"
@@ -107,6 +153,9 @@ def main() -> None:
 
         name, *flags = args.contender.split("+")
         app = maasctl_app(args.repo) if name == "maasctl" else probe_app(onnx, flags)
+        if args.opcodes:
+            print(json.dumps([uvloop.run(count_opcodes(app, path, body, 200))]))
+            return
         print(json.dumps(uvloop.run(measure(app, path, body, args.requests, args.rounds))))
         return
     _compare(args)
@@ -117,12 +166,19 @@ def _compare(args: argparse.Namespace) -> None:
 
     names = ["maasctl", "probe", "probe+metrics", "probe+validate", "probe+metrics+validate", "probe+features"]
     best: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(2):  # each contender twice, alternating, each time in a fresh process
+    if args.opcodes:
+        names.remove("probe+metrics+validate")
+    for _ in range(1 if args.opcodes else 2):  # each contender twice, alternating, each time in a fresh process
         for name in names:
             cmd = [sys.executable, __file__, "--repo", str(args.repo), "--model", args.model, "--contender", name]
-            cmd += ["--requests", str(args.requests), "--rounds", str(args.rounds)]
+            cmd += ["--requests", str(args.requests), "--rounds", str(args.rounds)] + ["--opcodes"] * args.opcodes
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
             best[name].append(min(json.loads(out)))
+    if args.opcodes:
+        print("Python opcodes per request on the event loop's thread, the app alone, 8 tasks:")
+        for name in names:
+            print(f"   {name:<24} {best[name][0]:7.0f}")
+        return
     print(f"CPU per request of the app alone (best round of {args.rounds}, best of 2 processes), 16 tasks:")
     for name in names:
         print(f"   {name:<24} {min(best[name]):6.1f} us   (processes: {', '.join(f'{v:.1f}' for v in best[name])})")
