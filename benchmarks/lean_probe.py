@@ -1,7 +1,7 @@
 """The lean probe: how fast one Python process can serve the v2 JSON infer request with nothing but the essentials.
 The reference `benchmarks/serve.py` measures `maasctl serve` against, not a product.
 
-    python benchmarks/lean_probe.py MODEL.onnx PORT [--metrics] [--validate] [--features]
+    python benchmarks/lean_probe.py MODEL.onnx PORT [--metrics] [--validate] [--features] [--model-thread]
 
 A raw ASGI callable under uvicorn (uvloop + httptools, as maasctl gets them), orjson, one asyncio batching task
 feeding one onnxruntime thread (up to 32 rows a run, no queue delay: maasctl's defaults; the session made as
@@ -17,6 +17,9 @@ budget (`BodyBudget.reserve`), the validation (`decode_request`), the request an
 (`maasctl.serve.metrics`), and the drift window (`DriftMonitor`, from the `model.json` beside the model). Everything
 else stays the probe's: one model, one input, no routing, no output selection, no timeouts. What this variant
 serves is the limit for a server that has maasctl's features; what maasctl spends beyond it is its generality.
+`--model-thread` hands each batch to onnxruntime's thread as maasctl does (`maasctl.serve.batching.ModelThread`: a
+queue put and one `call_soon_threadsafe`) instead of `run_in_executor`: with `--features`, the leanest structure
+known with maasctl's features.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class Probe:
-    def __init__(self, onnx_path: str, metrics: bool = False, validate: bool = False, features: bool = False) -> None:
+    def __init__(
+        self,
+        onnx_path: str,
+        metrics: bool = False,
+        validate: bool = False,
+        features: bool = False,
+        model_thread: bool = False,
+    ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as maasctl serve makes it
@@ -46,6 +56,7 @@ class Probe:
         self.queue: list[tuple[np.ndarray, asyncio.Future]] = []
         self.arrived: asyncio.Event | None = None
         self.thread = ThreadPoolExecutor(1)  # the one onnxruntime thread
+        self.model_thread = _model_thread() if model_thread else None
         self.metrics = _metrics() if metrics else None
         self.signature = _signature(self.session) if validate or features else None
         self.features = _Features(onnx_path) if features else None
@@ -128,7 +139,10 @@ class Probe:
                     now = time.perf_counter()
                     self.features.queued.add_all([now - queued for _, _, queued in batch])
                 x = np.concatenate([r[0] for r in batch])
-                y = (await loop.run_in_executor(self.thread, self.session.run, [self.output], {self.input: x}))[0]
+                if self.model_thread is None:
+                    y = (await loop.run_in_executor(self.thread, self.session.run, [self.output], {self.input: x}))[0]
+                else:
+                    y = (await self.model_thread.run(self.session.run, [self.output], {self.input: x}))[0]
                 offset = 0
                 for r in batch:
                     r[1].set_result(y[offset : offset + len(r[0])])
@@ -180,6 +194,12 @@ class _Features:
         self.decode = _decode_request()
 
 
+def _model_thread():
+    from maasctl.serve.batching import ModelThread
+
+    return ModelThread("probe-model")
+
+
 def _decode_request():
     from maasctl.protocol.v2 import decode_request
 
@@ -216,8 +236,11 @@ def main() -> None:
     parser.add_argument("--metrics", action="store_true", help="count requests and latency as maasctl does")
     parser.add_argument("--validate", action="store_true", help="check bodies against the signature as maasctl does")
     parser.add_argument("--features", action="store_true", help="every per-request feature of maasctl serve, its way")
+    parser.add_argument("--model-thread", action="store_true", help="hand batches to onnxruntime as maasctl does")
     args = parser.parse_args()
-    app = Probe(args.onnx, metrics=args.metrics, validate=args.validate, features=args.features)
+    app = Probe(
+        args.onnx, metrics=args.metrics, validate=args.validate, features=args.features, model_thread=args.model_thread
+    )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, server_header=False)
 
 

@@ -14,7 +14,8 @@ the server's event loop (it does share the machine's cores). Every request carri
    no validation or metrics: the reference) vs the FastAPI app, rounds alternating, ratios per round; plus the
    median latency at 1 connection (wrk -c1). Targets: >= 0.9x the probe, median within 0.2 ms of its.
    `--wrk-only` runs only this; `--probe-variants` adds the probe with maasctl's metrics, validation, both, and
-   every per-request feature of maasctl as maasctl implements it (`--features`: the limit for such a server).
+   every per-request feature of maasctl as maasctl implements it (`--features`), and that with maasctl's hand-off
+   to onnxruntime's thread (`--model-thread`): the leanest structure known with maasctl's features, the limit.
 1. throughput at 16 connections, JSON v2 bodies: maasctl serve (defaults: dynamic batching up to 32 rows, no
    queue delay) vs benchmarks/_baseline_app.py: a hand-written FastAPI app running one onnxruntime call per
    request (the issue's yardstick; `pip install -e '.[bench]'`, skipped when FastAPI is missing), and the same
@@ -473,7 +474,8 @@ def probe_section(
             ("probe+metrics", ["--metrics"]),
             ("probe+validate", ["--validate"]),
             ("probe+both", ["--metrics", "--validate"]),
-            ("probe+features", ["--features"]),  # every per-request feature of maasctl, its way: the limit
+            ("probe+features", ["--features"]),  # every per-request feature of maasctl, its way
+            ("probe+features+thread", ["--features", "--model-thread"]),  # and maasctl's hand-off: the limit
         ]
     for name, flags in variants:
         port = free_port()
@@ -516,25 +518,25 @@ def _print_probe_section(args, runs: dict[str, list[dict]], seconds: int) -> Non
         f"\n0. wrk -t1 -c16 ({seconds} s runs), JSON v2 bodies, {args.repeats} alternating rounds; 1-connection "
         "median from wrk -c1 (targets: maasctl >= 0.9x the lean probe, 1-connection median within 0.2 ms of it)"
     )
-    print(f"   {'server':<16} {'req/s q1 / median / q3':>26}  {'CPU us/req':>10}  {'1-conn p50 ms q1 / med / q3':>28}")
+    print(f"   {'server':<22} {'req/s q1 / median / q3':>26}  {'CPU us/req':>10}  {'1-conn p50 ms q1 / med / q3':>28}")
     for name, rs in runs.items():
         q = _quartiles([r["rps"] for r in rs])
         lat = _quartiles([r["p50_1conn_s"] * 1e3 for r in rs])
         cpu = statistics.median(r["cpu_us"] for r in rs)
         print(
-            f"   {labels.get(name, name):<16} {q[0]:8.0f} / {q[1]:6.0f} / {q[2]:6.0f}  {cpu:10.0f}  "
+            f"   {labels.get(name, name):<22} {q[0]:8.0f} / {q[1]:6.0f} / {q[2]:6.0f}  {cpu:10.0f}  "
             f"{lat[0]:8.3f} / {lat[1]:6.3f} / {lat[2]:6.3f}"
         )
     for other in [k for k in runs if k != "maasctl"]:
         ratios = [a["rps"] / b["rps"] for a, b in zip(runs["maasctl"], runs[other])]
         q = _quartiles(ratios)
         print(
-            f"   maasctl / {labels.get(other, other):<14} {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f}; "
+            f"   maasctl / {labels.get(other, other):<22} {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f}; "
             f"rounds {[round(x, 2) for x in ratios]})"
         )
     for variant in [k for k in runs if k.startswith("probe+")]:  # what the features cost the probe
         q = _quartiles([a["rps"] / b["rps"] for a, b in zip(runs[variant], runs["probe"])])
-        print(f"   {variant} / lean probe {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f})")
+        print(f"   {variant:<22} / lean probe {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f})")
     if "probe" in runs:
         gaps = [(a["p50_1conn_s"] - b["p50_1conn_s"]) * 1e3 for a, b in zip(runs["maasctl"], runs["probe"])]
         q = _quartiles(gaps)

@@ -218,3 +218,31 @@ def test_a_failed_batch_is_rerun_request_by_request_so_one_bad_request_fails_alo
     assert metric(samples, "nv_inference_request_success_total", model="lookup") == 3
     assert metric(samples, "nv_inference_request_failure_total", model="lookup", reason="BACKEND") == 1
     assert metric(samples, "nv_inference_exec_count_total", model="lookup") == 3  # executions that succeeded
+
+
+def test_the_model_thread_answers_each_batch_in_order_passes_errors_on_and_stops():
+    import asyncio
+    import threading
+
+    from maasctl.serve.batching import ModelThread
+
+    ran_in: list[str] = []
+
+    def work(value: int) -> int:
+        ran_in.append(threading.current_thread().name)
+        if value < 0:
+            raise ValueError(f"bad value {value}")
+        return value * 2
+
+    async def main() -> None:
+        thread = ModelThread("maasctl-test")
+        assert await asyncio.gather(*(thread.run(work, v) for v in range(5))) == [0, 2, 4, 6, 8]
+        with pytest.raises(ValueError, match="bad value -1"):
+            await thread.run(work, -1)
+        assert await thread.run(work, 21) == 42  # an error does not end the thread
+        thread.stop()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert set(ran_in) == {"maasctl-test"}  # one thread of its own, not the event loop's
+    assert not any(t.name == "maasctl-test" for t in threading.enumerate())  # stop ended it
