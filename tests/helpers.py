@@ -30,6 +30,7 @@ from maasctl.repository import ModelRepository
 from maasctl.serve.batching import BatchingConfig
 from maasctl.serve.dataplane import DataPlane
 from maasctl.serve.rest import create_app
+from maasctl.serve.server import http_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "train.epochs=3"]
@@ -141,7 +142,8 @@ def serving(dataplane: DataPlane, **app_options: Any) -> Iterator[str]:
     """The real app in uvicorn on a loopback port, in a thread; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(dataplane, **app_options), log_level="warning", ws="none")
+    app = create_app(dataplane, **app_options)
+    config = uvicorn.Config(app, log_level="warning", ws="none", http=http_protocol())  # as `maasctl serve` has it
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -116,6 +116,7 @@ def serve(
         # uvicorn's X-Forwarded-For layer sets the client address, which only the access log reads: without it, one
         # ASGI layer (a coroutine, a header scan) less on every request.
         proxy_headers=access_log,
+        http=http_protocol(),
         timeout_graceful_shutdown=drain_seconds,
         server_header=False,
     )
@@ -131,6 +132,16 @@ def serve(
         return
     server.follow = functools.partial(worker.follow, dataplane)
     server.run(sockets=[worker.bind(host, port)])
+
+
+def http_protocol() -> Any:
+    """uvicorn's httptools protocol, each response written at once (see one_write.py); uvicorn's choice when
+    httptools is not installed (uvicorn[standard] brings it)."""
+    try:
+        from maasctl.serve.one_write import OneWriteHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return OneWriteHttpToolsProtocol
 
 
 def check_device(device: str) -> None:
