@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -76,10 +77,9 @@ async def _client(app, path: str, body: bytes, requests: int) -> None:
             raise SystemExit(f"answer {sent[0]['status']}: {sent[1]['body'][:300]!r}")
 
 
-async def count_opcodes(app, path: str, body: bytes, requests: int) -> float:
-    """Python opcodes executed on this (the event loop's) thread per request, 8 tasks, after a warm-up."""
-    import threading
-
+@contextlib.asynccontextmanager
+async def started(app, path: str, body: bytes, tasks: int):
+    """The app's lifespan started (stopped after), and each of `tasks` clients warmed up with 100 requests."""
     inbox: asyncio.Queue = asyncio.Queue()
     outbox: asyncio.Queue = asyncio.Queue()
     await inbox.put({"type": "lifespan.startup"})
@@ -87,7 +87,18 @@ async def count_opcodes(app, path: str, body: bytes, requests: int) -> float:
         app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
     )
     await outbox.get()
-    await asyncio.gather(*(_client(app, path, body, 100) for _ in range(8)))
+    await asyncio.gather(*(_client(app, path, body, 100) for _ in range(tasks)))
+    try:
+        yield
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await lifespan
+
+
+async def count_opcodes(app, path: str, body: bytes, requests: int) -> float:
+    """Python opcodes executed on this (the event loop's) thread per request, 8 tasks, after a warm-up."""
+    import threading
+
     loop_thread, counted = threading.get_ident(), [0]
     clients = {_client.__code__, count_opcodes.__code__}
 
@@ -106,33 +117,23 @@ async def count_opcodes(app, path: str, body: bytes, requests: int) -> float:
             counted[0] += 1
         return step
 
-    sys.settrace(trace)
-    try:
-        await asyncio.gather(*(_client(app, path, body, requests) for _ in range(8)))
-    finally:
-        sys.settrace(None)
-    await inbox.put({"type": "lifespan.shutdown"})
-    await lifespan
+    async with started(app, path, body, 8):
+        sys.settrace(trace)
+        try:
+            await asyncio.gather(*(_client(app, path, body, requests) for _ in range(8)))
+        finally:
+            sys.settrace(None)
     return counted[0] / (8 * requests)
 
 
 async def measure(app, path: str, body: bytes, requests: int, rounds: int) -> list[float]:
     """CPU microseconds per request, one figure per round (after a warm-up)."""
-    inbox: asyncio.Queue = asyncio.Queue()
-    outbox: asyncio.Queue = asyncio.Queue()
-    await inbox.put({"type": "lifespan.startup"})
-    lifespan = asyncio.create_task(
-        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
-    )
-    await outbox.get()
-    await asyncio.gather(*(_client(app, path, body, 100) for _ in range(16)))
     figures = []
-    for _ in range(rounds):
-        start = time.process_time()
-        await asyncio.gather(*(_client(app, path, body, requests) for _ in range(16)))
-        figures.append((time.process_time() - start) / (16 * requests) * 1e6)
-    await inbox.put({"type": "lifespan.shutdown"})
-    await lifespan
+    async with started(app, path, body, 16):
+        for _ in range(rounds):
+            start = time.process_time()
+            await asyncio.gather(*(_client(app, path, body, requests) for _ in range(16)))
+            figures.append((time.process_time() - start) / (16 * requests) * 1e6)
     return figures
 
 
