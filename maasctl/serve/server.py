@@ -100,27 +100,15 @@ def serve(
     dataplane.load_all()
     if exit_on_error:
         _exit_on_failed_loads(dataplane)
-    config = uvicorn.Config(
-        create_app(
-            dataplane,
-            max_body_bytes,
-            token=token,
-            access_log=access_log,
-            poll_seconds=poll_seconds,
-            drain_seconds=drain_seconds,
-        ),
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=False,  # ours is JSON (--access-log); uvicorn's plain-text one would repeat it
-        # uvicorn's X-Forwarded-For layer sets the client address, which only the access log reads: without it, one
-        # ASGI layer (a coroutine, a header scan) less on every request.
-        proxy_headers=access_log,
-        http=http_protocol(),
-        timeout_graceful_shutdown=drain_seconds,
-        server_header=False,
+    app = create_app(
+        dataplane,
+        max_body_bytes,
+        token=token,
+        access_log=access_log,
+        poll_seconds=poll_seconds,
+        drain_seconds=drain_seconds,
     )
-    server = _Server(config)
+    server = _Server(_uvicorn_config(app, host, port, access_log, drain_seconds))
     if grpc_port is not None:
         from maasctl.serve import grpc_service  # grpcio is imported only when gRPC is asked for
 
@@ -132,6 +120,22 @@ def serve(
         return
     server.follow = functools.partial(worker.follow, dataplane)
     server.run(sockets=[worker.bind(host, port)])
+
+
+def _uvicorn_config(app: Any, host: str, port: int, access_log: bool, drain_seconds: float) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,  # ours is JSON (--access-log); uvicorn's plain-text one would repeat it
+        # uvicorn's X-Forwarded-For layer sets the client address, which only the access log reads: without it, one
+        # ASGI layer (a coroutine, a header scan) less on every request.
+        proxy_headers=access_log,
+        http=http_protocol(),
+        timeout_graceful_shutdown=drain_seconds,
+        server_header=False,
+    )
 
 
 def http_protocol() -> Any:
