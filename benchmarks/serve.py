@@ -487,25 +487,37 @@ def probe_section(
         contenders["fastapi"] = fastapi
     body, headers = bodies["json"]
     lua = _wrk.script(tmp, body, headers)
-    seconds, names = max(1, round(args.duration)), list(contenders)
-    for server in contenders.values():  # warm-up
+    seconds = max(1, round(args.duration))
+    runs = wrk_rounds(contenders, path, lua, args.repeats, seconds, one_connection=True)
+    _print_probe_section(args, runs, seconds)
+
+
+def wrk_rounds(
+    servers: dict[str, Server], path: str, lua: Path, rounds: int, seconds: int, one_connection: bool = False
+) -> dict[str, list[dict]]:
+    """`wrk -t1 -c16` on each server once a round, the opening one rotating, after a warm-up: each run's wrk figures
+    and the server's CPU per request (`cpu_us`); with `one_connection`, also the median latency at `-c1`
+    (`p50_1conn_s`). Errors under load end the benchmark."""
+    names = list(servers)
+    for server in servers.values():  # warm-up
         _wrk.run(f"http://127.0.0.1:{server.port}{path}", lua, 16, 1)
     runs: dict[str, list[dict]] = {k: [] for k in names}
-    for i in range(args.repeats):
+    for i in range(rounds):
         for name in names[i % len(names) :] + names[: i % len(names)]:
-            server = contenders[name]
+            server = servers[name]
             url = f"http://127.0.0.1:{server.port}{path}"
             cpu0 = server.cpu_seconds()
             r = _wrk.run(url, lua, 16, seconds)
             r["cpu_us"] = (server.cpu_seconds() - cpu0) / max(r["requests"], 1) * 1e6
-            r["p50_1conn_s"] = _wrk.run(url, lua, 1, max(1, seconds // 2))["p50_s"]
+            if one_connection:
+                r["p50_1conn_s"] = _wrk.run(url, lua, 1, max(1, seconds // 2))["p50_s"]
             if r["non_2xx"] or r["socket_errors"]:
                 raise SystemExit(f"{name}: errors under load: {r}")
             runs[name].append(r)
-    _print_probe_section(args, runs, seconds)
+    return runs
 
 
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
+def quartiles(values: list[float]) -> tuple[float, float, float]:
     if len(values) < 2:
         return values[0], values[0], values[0]
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
@@ -520,8 +532,8 @@ def _print_probe_section(args, runs: dict[str, list[dict]], seconds: int) -> Non
     )
     print(f"   {'server':<22} {'req/s q1 / median / q3':>26}  {'CPU us/req':>10}  {'1-conn p50 ms q1 / med / q3':>28}")
     for name, rs in runs.items():
-        q = _quartiles([r["rps"] for r in rs])
-        lat = _quartiles([r["p50_1conn_s"] * 1e3 for r in rs])
+        q = quartiles([r["rps"] for r in rs])
+        lat = quartiles([r["p50_1conn_s"] * 1e3 for r in rs])
         cpu = statistics.median(r["cpu_us"] for r in rs)
         print(
             f"   {labels.get(name, name):<22} {q[0]:8.0f} / {q[1]:6.0f} / {q[2]:6.0f}  {cpu:10.0f}  "
@@ -529,17 +541,17 @@ def _print_probe_section(args, runs: dict[str, list[dict]], seconds: int) -> Non
         )
     for other in [k for k in runs if k != "maasctl"]:
         ratios = [a["rps"] / b["rps"] for a, b in zip(runs["maasctl"], runs[other])]
-        q = _quartiles(ratios)
+        q = quartiles(ratios)
         print(
             f"   maasctl / {labels.get(other, other):<22} {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f}; "
             f"rounds {[round(x, 2) for x in ratios]})"
         )
     for variant in [k for k in runs if k.startswith("probe+")]:  # what the features cost the probe
-        q = _quartiles([a["rps"] / b["rps"] for a, b in zip(runs[variant], runs["probe"])])
+        q = quartiles([a["rps"] / b["rps"] for a, b in zip(runs[variant], runs["probe"])])
         print(f"   {variant:<22} / lean probe {q[1]:5.2f}x (per-round quartiles {q[0]:.2f} / {q[2]:.2f})")
     if "probe" in runs:
         gaps = [(a["p50_1conn_s"] - b["p50_1conn_s"]) * 1e3 for a, b in zip(runs["maasctl"], runs["probe"])]
-        q = _quartiles(gaps)
+        q = quartiles(gaps)
         print(f"   1-conn median, maasctl - probe: {q[1]:+.3f} ms (per-round quartiles {q[0]:+.3f} / {q[2]:+.3f})")
     print("   single runs req/s: " + ", ".join(f"{k} {[round(r['rps']) for r in v]}" for k, v in runs.items()))
     print(f"   load average after section 0: {os.getloadavg()[0]:.1f}")

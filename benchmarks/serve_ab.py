@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _wrk  # noqa: E402
-from serve import Server, free_port  # noqa: E402
+from serve import Server, free_port, quartiles, wrk_rounds  # noqa: E402
 
 
 def main() -> None:
@@ -58,36 +58,19 @@ def main() -> None:
                 cmd = ["env", f"PYTHONPATH={source}", maasctl, "serve", "--repo", str(args.repo.resolve())]
                 cmd += ["--port", str(port), "--workers", "1"]
                 servers[name] = Server(name, cmd, port, tmp / f"{name}.log", tmp)
-            runs = _alternate(servers, path, lua, args.rounds, args.duration)
+            runs = wrk_rounds(servers, path, lua, args.rounds, args.duration)
         finally:
             for server in servers.values():
                 server.stop()
     _report(runs, args)
 
 
-def _alternate(servers: dict[str, Server], path: str, lua: Path, rounds: int, seconds: int) -> dict[str, list]:
-    names = list(servers)
-    for server in servers.values():  # warm-up
-        _wrk.run(f"http://127.0.0.1:{server.port}{path}", lua, 16, 1)
-    runs: dict[str, list] = {name: [] for name in names}
-    for i in range(rounds):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            server = servers[name]
-            cpu = server.cpu_seconds()
-            result = _wrk.run(f"http://127.0.0.1:{server.port}{path}", lua, 16, seconds)
-            if result["non_2xx"] or result["socket_errors"]:
-                raise SystemExit(f"{name}: errors under load: {result}")
-            runs[name].append((result["rps"], (server.cpu_seconds() - cpu) / max(result["requests"], 1) * 1e6))
-    return runs
-
-
-def _report(runs: dict[str, list], args: argparse.Namespace) -> None:
+def _report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
     print(f"wrk -t1 -c16, {args.rounds} alternating rounds of {args.duration} s, load average {os.getloadavg()[0]:.1f}")
     for name, results in runs.items():
-        ratios = [rps / probe for (rps, _), (probe, _) in zip(results, runs["probe"])]
-        q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
-        rps = statistics.median(r for r, _ in results)
-        cpu = statistics.median(c for _, c in results)
+        q1, q2, q3 = quartiles([r["rps"] / p["rps"] for r, p in zip(results, runs["probe"])])
+        rps = statistics.median(r["rps"] for r in results)
+        cpu = statistics.median(r["cpu_us"] for r in results)
         print(
             f"   {name:<12} {rps:8.0f} req/s  {cpu:6.1f} us/req  / probe: {q2:.3f} (per-round q1 {q1:.3f}, q3 {q3:.3f})"
         )
