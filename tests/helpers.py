@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from maasctl.repository import ModelRepository
 from maasctl.serve.batching import BatchingConfig
 from maasctl.serve.dataplane import DataPlane
+from maasctl.serve.one_write import OneWriteHttpToolsProtocol
 from maasctl.serve.rest import create_app
-from maasctl.serve.server import http_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "train.epochs=3"]
@@ -143,7 +143,9 @@ def serving(dataplane: DataPlane, **app_options: Any) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     app = create_app(dataplane, **app_options)
-    config = uvicorn.Config(app, log_level="warning", ws="none", http=http_protocol())  # as `maasctl serve` has it
+    config = uvicorn.Config(
+        app, log_level="warning", ws="none", http=OneWriteHttpToolsProtocol
+    )  # as in `maasctl serve`
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

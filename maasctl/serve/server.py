@@ -20,6 +20,7 @@ from maasctl.runtime.session import select_providers
 from maasctl.serve.batching import BatchingConfig
 from maasctl.serve.dataplane import DataPlane
 from maasctl.serve.memory import BodyBudget
+from maasctl.serve.one_write import OneWriteHttpToolsProtocol
 from maasctl.serve.rest import create_app
 from maasctl.serve.workers import Worker, WorkerDataPlane
 
@@ -132,20 +133,10 @@ def _uvicorn_config(app: Any, host: str, port: int, access_log: bool, drain_seco
         # uvicorn's X-Forwarded-For layer sets the client address, which only the access log reads: without it, one
         # ASGI layer (a coroutine, a header scan) less on every request.
         proxy_headers=access_log,
-        http=http_protocol(),
+        http=OneWriteHttpToolsProtocol,  # each response's head and body in one write (see one_write.py)
         timeout_graceful_shutdown=drain_seconds,
         server_header=False,
     )
-
-
-def http_protocol() -> Any:
-    """uvicorn's httptools protocol, each response written at once (see one_write.py); uvicorn's choice when
-    httptools is not installed (uvicorn[standard] brings it)."""
-    try:
-        from maasctl.serve.one_write import OneWriteHttpToolsProtocol
-    except ImportError:
-        return "auto"
-    return OneWriteHttpToolsProtocol
 
 
 def check_device(device: str) -> None:
