@@ -271,12 +271,10 @@ async def answer_cut(send: Send, drain_seconds: float, cancelled: asyncio.Cancel
     body = orjson.dumps(
         {"error": f"the server shut down before this request finished (--drain-seconds {drain_seconds:g})"}
     )
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     try:
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await _send(send, 503, b"application/json", body, {})
     except RuntimeError:  # too late to answer: the response was under way (uvicorn refuses a second start)
         raise cancelled from None
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _answered_by_dispatch(request: Request) -> Response:
