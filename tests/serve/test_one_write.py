@@ -43,8 +43,11 @@ def test_a_head_and_its_body_go_out_in_one_write_and_other_calls_pass_through() 
         transport.write(memoryview(b"{}"))
         assert recorder.writes == [HEAD + b"{}"]
         assert transport.get_extra_info("peername") == ("127.0.0.1", 1)
+        assert transport.is_closing() is False
         await asyncio.sleep(0)  # the flush scheduled with the head finds nothing left
         assert recorder.writes == [HEAD + b"{}"]
+        transport.close()
+        assert transport.is_closing() is True  # uvicorn asks after each response: the wrapped transport answers
 
     asyncio.run(main())
 
