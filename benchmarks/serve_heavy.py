@@ -14,7 +14,7 @@ ONNX with a dynamic batch axis and filed as a maasctl model version. Two contend
   (Triton's binary_tensor_data extension, binary output too: what tritonclient and perf_analyzer send).
 
 Target: maasctl serve >= 95% of the best in-process throughput. The server's average batch size comes from
-/metrics. `--device cuda` runs both on the CUDA execution provider (onnxruntime-gpu needed).
+/metrics. Also printed: each round's served figure over the same round's best-batch figure (median, quartiles). `--device cuda` runs both on the CUDA execution provider (onnxruntime-gpu needed).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from serve import Server, counters, free_port, load, make_bodies, platform_line  # noqa: E402
+from serve import Server, counters, free_port, load, make_bodies, platform_line, quartiles  # noqa: E402
 
 MODEL = "resnet18"
 
@@ -165,6 +165,10 @@ def run(args: argparse.Namespace, server: Server, onnx_path: Path) -> None:
         f"   {ours:8.1f} images/s   avg batch {statistics.median(avg_batch):4.1f}   (single runs: {[round(x, 1) for x in served]})"
     )
     print(f"\nratio to the best in-process batch size: {ours / medians[best]:.3f}   (target >= 0.95)")
+    # Each round's served figure over the same round's in-process one: the pair ran back to back, so a host that
+    # speeds up or slows down during the run moves both (single runs swing more than the target's margin).
+    q1, q2, q3 = quartiles([s / b for s, b in zip(served, local[best])])
+    print(f"per-round ratio: median {q2:.3f}, q1-q3 {q1:.3f}-{q3:.3f}")
     print(f"load average after the run: {os.getloadavg()[0]:.1f}")
 
 
