@@ -14,7 +14,8 @@ ONNX with a dynamic batch axis and filed as a maasctl model version. Two contend
   (Triton's binary_tensor_data extension, binary output too: what tritonclient and perf_analyzer send).
 
 Target: maasctl serve >= 95% of the best in-process throughput. The server's average batch size comes from
-/metrics. Also printed: each round's served figure over the same round's best-batch figure (median, quartiles). `--device cuda` runs both on the CUDA execution provider (onnxruntime-gpu needed).
+/metrics. Also printed: each round's served figure over the same round's best-batch figure (median, quartiles).
+`--device cuda` runs both on the CUDA execution provider (onnxruntime-gpu needed).
 """
 
 from __future__ import annotations
